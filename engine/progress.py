@@ -1,0 +1,83 @@
+"""Progress reporting and cancellation for long engine work.
+
+Every long function takes ``progress: ProgressCallback | None`` and ``cancel: CancelToken | None``
+and calls :func:`report` / ``cancel.check()`` often (at least once per iteration or frame), so a
+cancel is honoured within a fraction of a second and the UI can show stage and percent.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from .errors import Cancelled
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One progress report.
+
+    stage:    machine-friendly stage name ("load", "render", "fit", "mesh", ...).
+    fraction: progress of that stage in [0, 1].
+    message:  short human-readable text for a status bar ("view 3/24").
+    step, total: optional counters behind ``fraction``.
+    """
+
+    stage: str
+    fraction: float
+    message: str = ""
+    step: int | None = None
+    total: int | None = None
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+class _EventLike(Protocol):
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+
+class CancelToken:
+    """A cancel flag shared between the caller and the work.
+
+    Wraps any event-like object with ``is_set``/``set`` (a ``threading.Event`` by default, or a
+    ``multiprocessing.Event`` so a worker process can be cancelled from Blender's main thread).
+    """
+
+    def __init__(self, event: _EventLike | None = None) -> None:
+        self._event: _EventLike = event if event is not None else threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return bool(self._event.is_set())
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` if cancellation was requested."""
+        if self._event.is_set():
+            raise Cancelled()
+
+
+def report(
+    progress: ProgressCallback | None,
+    stage: str,
+    step: int,
+    total: int,
+    message: str = "",
+) -> None:
+    """Send a :class:`ProgressEvent` for ``step`` of ``total`` in ``stage`` (no-op without a callback)."""
+    if progress is None:
+        return
+    total = max(int(total), 1)
+    progress(ProgressEvent(stage, min(max(step / total, 0.0), 1.0), message, step, total))
+
+
+def check(cancel: CancelToken | None) -> None:
+    """``cancel.check()`` that accepts ``None``."""
+    if cancel is not None:
+        cancel.check()

@@ -1,0 +1,55 @@
+"""Shared test set-up.
+
+Before anything imports bpy or huggingface-hub: point HOME and the caches at a throw-away folder
+(bpy writes caches and user resources under HOME) and force the hub offline (a hub call would
+otherwise hang for 20+ s before failing). CI sets these too; here they are a safety net for a
+plain ``pytest`` run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_TMP_HOME = Path(tempfile.mkdtemp(prefix="viewforge-test-home-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("VIEWFORGE_TEST", "1")
+if os.environ.get("CI") != "true" or "BLENDER_USER_RESOURCES" not in os.environ:
+    os.environ["HOME"] = str(_TMP_HOME)
+    os.environ["XDG_CACHE_HOME"] = str(_TMP_HOME / "cache")
+    os.environ["XDG_CONFIG_HOME"] = str(_TMP_HOME / "config")
+    os.environ["BLENDER_USER_RESOURCES"] = str(_TMP_HOME / "blender")
+    os.environ["HF_HOME"] = str(_TMP_HOME / "hf")
+
+REPO = Path(__file__).resolve().parents[1]
+#: Real third-party evaluation data; never required by unit tests (a user's clone lacks it).
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_data = pytest.mark.skip(reason=f"needs {SHARED_DATA} (evaluation data, not in a user's clone)")
+    for item in items:
+        if "shared_data" in item.keywords and not SHARED_DATA.is_dir():
+            item.add_marker(skip_data)
+
+
+@pytest.fixture(scope="session")
+def bpy_module():
+    """The bpy module (Blender as a Python module); skips when it is not installed."""
+    return pytest.importorskip("bpy")
+
+
+@pytest.fixture
+def blender(bpy_module):
+    """bpy after a factory reset to an empty scene: every Blender test starts from the same state."""
+    bpy_module.ops.wm.read_factory_settings(use_empty=True)
+    yield bpy_module
+
+
+@pytest.fixture
+def python_exe() -> str:
+    return sys.executable
