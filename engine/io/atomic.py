@@ -38,6 +38,18 @@ def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...] | None 
     return p
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _normal_permissions(path: Path, mode: int) -> None:
+    """mkstemp/mkdtemp create owner-only entries; give the final output the usual umask mode."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, mode & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it to ``path``, else delete it."""
@@ -45,6 +57,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part" + p.suffix, dir=p.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    _normal_permissions(tmp_path, 0o666)
     try:
         yield tmp_path
         os.replace(tmp_path, p)
@@ -64,6 +77,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     if p.exists() and not p.is_dir():
         raise OutputError(f"output {p} exists and is a file", "give a folder path")
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent))
+    _normal_permissions(tmp_path, 0o777)
     try:
         yield tmp_path
         old = None

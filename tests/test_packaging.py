@@ -1,0 +1,48 @@
+"""The package metadata matches the tree, and the engine never needs bpy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SKIP = {"tests", "bench", "scripts", "docs", "wheels", "dist", "build", ".venv", ".git", ".ci"}
+
+
+def test_pyproject_lists_every_package():
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    listed = set(meta["tool"]["setuptools"]["packages"])
+    found = {"viewforge"}
+    for init in REPO.rglob("__init__.py"):
+        rel = init.parent.relative_to(REPO)
+        if rel.parts and (rel.parts[0] in SKIP or rel.parts[0].startswith(".")):
+            continue
+        if rel.parts:
+            found.add("viewforge." + ".".join(rel.parts))
+    assert listed == found
+
+
+def test_engine_imports_without_bpy():
+    code = (
+        "import sys, pkgutil, importlib\n"
+        "sys.modules['bpy'] = None; sys.modules['mathutils'] = None; sys.modules['bpy_extras'] = None\n"
+        "import viewforge.engine as e\n"
+        "names = [m.name for m in pkgutil.walk_packages(e.__path__, 'viewforge.engine.')]\n"
+        "for n in names: importlib.import_module(n)\n"
+        "print(len(names))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) >= 8  # cameras, errors, progress, images, io.*, splat.*
+
+
+def test_engine_source_has_no_bpy_import():
+    bad = []
+    for f in (REPO / "engine").rglob("*.py"):
+        for line in f.read_text().splitlines():
+            s = line.strip()
+            if s.startswith(("import bpy", "from bpy", "import mathutils", "from mathutils", "import bpy_extras", "from bpy_extras")):
+                bad.append(f"{f.relative_to(REPO)}: {s}")
+    assert not bad
