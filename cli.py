@@ -1,0 +1,344 @@
+"""The ``viewforge`` command line (also ``python -m viewforge``).
+
+Every command has ``--help``, exits 0 on success, 2 with one line
+``viewforge: error: <what>. Fix: <how>.`` on bad input (any :class:`ViewforgeError`, and argument
+errors), 1 with one line on an unexpected error (the traceback only with ``--debug``), and 130 on
+Ctrl-C. Outputs are written atomically, so a failed or interrupted command leaves nothing at the
+output path. A progress bar is drawn on stderr when stderr is a terminal.
+
+Adding a command (``reconstruct``, ``generate``, ``eval``, ``batch`` come in later issues): write
+``_add_<name>(parser)`` and ``_run_<name>(args, progress) -> int`` and append a :class:`Command`
+to :data:`COMMANDS`. Import heavy modules (bpy, torch) inside ``_run_<name>`` only, so ``--help``
+and engine-only commands never pay for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .engine.errors import Cancelled, ViewforgeError
+from .engine.progress import ProgressEvent
+
+PROG = "viewforge"
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plumbing: parser, progress bar, error reporting
+# ---------------------------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error format of every other Viewforge error (exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{PROG}: error: {_one_line(message).rstrip('.')}. Fix: see '{self.prog} --help'.\n")
+        sys.exit(2)
+
+
+class ProgressBar:
+    """Turns engine :class:`ProgressEvent` s into a tqdm bar per stage on stderr.
+
+    Enabled only when stderr is a terminal (``enabled=None``), so logs and CI output stay clean.
+    """
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else bool(enabled)
+        self._bar = None
+        self._stage: str | None = None
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        total = int(event.total) if event.total else 100
+        if event.stage != self._stage or self._bar is None or self._bar.total != total:
+            self.close()
+            self._stage = event.stage
+            self._bar = tqdm(total=total, desc=event.stage, file=sys.stderr, dynamic_ncols=True, leave=True)
+        step = int(event.step) if event.step is not None and event.total else round(event.fraction * total)
+        self._bar.n = min(max(step, 0), total)
+        if event.message:
+            self._bar.set_postfix_str(event.message, refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+            self._stage = None
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, one-line help, argument set-up and runner (returns an exit code)."""
+
+    name: str
+    help: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, ProgressBar], int]
+    epilog: str = ""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid whole number: '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_render_options(p: argparse.ArgumentParser, *, views: int = 24, resolution: int = 256) -> None:
+    p.add_argument("--views", type=_positive_int, default=views, metavar="N", help=f"number of views (default {views})")
+    p.add_argument(
+        "--resolution",
+        type=_positive_int,
+        default=resolution,
+        metavar="R",
+        help=f"square image side in pixels (default {resolution})",
+    )
+    p.add_argument(
+        "--elevation",
+        type=float,
+        nargs="+",
+        default=[-20.0, 60.0],
+        metavar="DEG",
+        help="camera elevation in degrees: one value for a ring, or LOW HIGH for a band covered by a "
+        "golden-angle spiral (default -20 60)",
+    )
+    p.add_argument("--fov", type=float, default=40.0, metavar="DEG", help="field of view in degrees (default 40)")
+    p.add_argument("--samples", type=_positive_int, default=32, metavar="S", help="Cycles samples per pixel (default 32)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="Cycles noise seed (default 0)")
+    p.add_argument("--denoise", action="store_true", help="denoise with OpenImageDenoise (slower, ~1-2 s per view)")
+
+
+def _elevation(values: Sequence[float]) -> float | tuple[float, ...]:
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+# ---------------------------------------------------------------------------------------------
+# render-views
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_render_views(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mesh", metavar="MESH", help="mesh file to render: .glb, .gltf or .obj")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created; its parent must exist)")
+    _add_render_options(p)
+
+
+def _run_render_views(args: argparse.Namespace, progress: ProgressBar) -> int:
+    from .bridge.render import render_views  # imports bpy only when called
+
+    out = render_views(
+        args.mesh,
+        args.output,
+        views=args.views,
+        resolution=args.resolution,
+        elevation=_elevation(args.elevation),
+        fov_deg=args.fov,
+        samples=args.samples,
+        seed=args.seed,
+        denoise=args.denoise,
+        progress=progress,
+    )
+    progress.close()
+    size = f"{args.resolution}x{args.resolution}"
+    print(f"{PROG} render-views: wrote {args.views} RGBA views ({size}) and transforms.json to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created; its parent must exist)")
+    _add_render_options(p)
+
+
+def _demo_reconstruct(work: Path, args: argparse.Namespace, progress: ProgressBar) -> list[tuple[str, str]]:
+    """The demo's reconstruction step: ``work/posed`` -> a textured mesh in ``work``.
+
+    Seam for later issues: reconstruct the posed set here (``viewforge reconstruct``'s engine
+    call), write e.g. ``work/reconstruction.glb`` and metrics, and return ``(relative path,
+    description)`` rows for the summary. The foundation issue stops at the posed set.
+    """
+    return []
+
+
+def _run_demo(args: argparse.Namespace, progress: ProgressBar) -> int:
+    from .bridge.render import check_output_folder, check_render_settings
+    from .engine.demo import demo_mesh
+    from .engine.io.atomic import atomic_dir
+    from .engine.io.mesh import write_glb
+
+    out = check_output_folder(args.output, "object.glb", "Viewforge demo output")
+    elevation = _elevation(args.elevation)
+    check_render_settings(
+        views=args.views, resolution=args.resolution, elevation=elevation, fov_deg=args.fov, samples=args.samples
+    )
+    from .bridge.render import render_views  # imports bpy only when called
+
+    with atomic_dir(out) as work:
+        progress(ProgressEvent("mesh", 0.0, "building the demo object"))
+        mesh = demo_mesh()
+        write_glb(mesh, work / "object.glb")
+        progress(ProgressEvent("mesh", 1.0, f"{mesh.num_faces} faces"))
+        render_views(
+            work / "object.glb",
+            work / "posed",
+            views=args.views,
+            resolution=args.resolution,
+            elevation=elevation,
+            fov_deg=args.fov,
+            samples=args.samples,
+            seed=args.seed,
+            denoise=args.denoise,
+            progress=progress,
+        )
+        rows = [
+            ("object.glb", f"procedural test object ({mesh.num_faces} faces, {mesh.texture.shape[1]} px texture)"),
+            ("posed/transforms.json", f"{args.views} cameras (NeRF/Blender convention, Z up)"),
+            ("posed/images/", f"{args.views} RGBA PNGs, {args.resolution}x{args.resolution}"),
+        ]
+        rows += _demo_reconstruct(work, args, progress)
+    progress.close()
+    width = max(len(r[0]) for r in rows)
+    print(f"{PROG} demo: wrote {out}")
+    for rel, what in rows:
+        print(f"  {rel:<{width}}  {what}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The command table and main()
+# ---------------------------------------------------------------------------------------------
+
+COMMANDS: list[Command] = [
+    Command(
+        "render-views",
+        "render a posed set (RGBA PNGs + transforms.json) of a mesh with Blender Cycles",
+        "Render a posed set of MESH: the mesh is imported as Blender imports it (glTF's +Y up becomes "
+        "+Z up), normalised (bounding-box centre at the origin, longest side spanning [-1, 1]) and "
+        "rendered from deterministic cameras on a sphere around it. Writes DIR/transforms.json "
+        "(NeRF/Blender convention, cameras in the normalised frame, the normalisation recorded) and "
+        "DIR/images/NNNN.png (RGBA, transparent background).",
+        _add_render_views,
+        _run_render_views,
+        "example: viewforge render-views Duck.glb -o /tmp/duck --views 24 --resolution 256",
+    ),
+    Command(
+        "demo",
+        "build the procedural demo object and render a posed set of it",
+        "Build Viewforge's procedural test object (a textured pawn with a handle and a nose; no "
+        "third-party asset), write it as OUT/object.glb and render OUT/posed/ (transforms.json + "
+        "images/) from it with render-views.",
+        _add_demo,
+        _run_demo,
+        "example: viewforge demo -o demo",
+    ),
+]
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("viewforge")
+    except Exception:  # noqa: BLE001  (not installed as a distribution: running from a tree)
+        return "unknown"
+
+
+def _configure_logging(debug: bool) -> None:
+    """WARNING and above to stderr (everything with --debug); the handler filters, so third-party
+    loggers that set their own level (Blender's glTF importer logs at INFO) stay quiet too."""
+    level = logging.DEBUG if debug else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (one subparser per :data:`COMMANDS` entry)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="debug logging and full tracebacks on errors"
+    )
+    parser = _Parser(
+        prog=PROG,
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=30),
+        description="Viewforge: images to textured meshes. Run 'viewforge COMMAND --help' for a command's options.",
+        epilog="Exit codes: 0 success, 1 unexpected error, 2 bad input (one-line reason), 130 interrupted.",
+    )
+    parser.add_argument("--debug", action="store_true", default=False, help="debug logging and full tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for cmd in COMMANDS:
+        p = sub.add_parser(
+            cmd.name,
+            help=cmd.help,
+            description=cmd.description,
+            epilog=cmd.epilog,
+            parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter if "\n" in cmd.description else argparse.HelpFormatter,
+        )
+        cmd.add_arguments(p)
+        p.set_defaults(_command=cmd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    cmd: Command | None = getattr(args, "_command", None)
+    if cmd is None:
+        parser.print_help(sys.stderr)
+        return 2
+    debug = bool(getattr(args, "debug", False))
+    _configure_logging(debug)
+    progress = ProgressBar()
+    output = getattr(args, "output", None)
+    try:
+        return cmd.run(args, progress)
+    except (KeyboardInterrupt, Cancelled):
+        progress.close()
+        where = f"; nothing was written to {output}" if output else ""
+        sys.stderr.write(f"{PROG}: interrupted{where}.\n")
+        return 130
+    except ViewforgeError as e:
+        progress.close()
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"{PROG}: error: {e.one_line()}\n")
+        return 2
+    except Exception as e:  # noqa: BLE001  (the last line of defence: one line, traceback on --debug)
+        progress.close()
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " Run again with --debug for the traceback."
+        sys.stderr.write(
+            f"{PROG}: unexpected error: {type(e).__name__}: {_one_line(e)}.{hint}"
+            " Please report it with the command you ran.\n"
+        )
+        return 1

@@ -1,0 +1,360 @@
+"""The ``viewforge`` command line (cli.py) and the procedural demo object (engine/demo.py).
+
+Exit codes: 0 success, 2 bad input with one line ``viewforge: error: <what>. Fix: <how>.``,
+1 unexpected error (traceback only with --debug), 130 on Ctrl-C; nothing is left at the output
+path when a command fails.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from viewforge import cli
+from viewforge.engine.demo import DemoConfig, demo_mesh, demo_texture
+
+COMMANDS = [c.name for c in cli.COMMANDS]
+
+
+def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "viewforge", *args], capture_output=True, text=True, cwd=REPO, timeout=timeout, **kwargs
+    )
+
+
+def one_line_error(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("viewforge: error: ") and ". Fix: " in lines[0] and lines[0].endswith("."), lines[0]
+    return lines[0]
+
+
+def _small_glb(tmp_path: Path) -> Path:
+    from viewforge.engine.io.mesh import write_glb
+
+    path = tmp_path / "small.glb"
+    write_glb(demo_mesh(DemoConfig(segments=24, rings=14, texture_size=64)), path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# help and argument errors (no bpy)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert {"render-views", "demo"} <= set(COMMANDS)
+    for name in COMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: viewforge {command}" in out and "-o" in out and "--views" in out
+
+
+def test_python_dash_m_help_does_not_import_bpy():
+    code = (
+        "import sys\n"
+        "from viewforge import cli\n"
+        "try:\n"
+        "    cli.main(['--help'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0\n"
+        "for c in cli.COMMANDS:\n"
+        "    try:\n"
+        "        cli.main([c.name, '--help'])\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0\n"
+        "assert 'bpy' not in sys.modules, 'bpy imported by --help'\n"
+        "assert 'torch' not in sys.modules, 'torch imported by --help'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("--help")
+    assert proc.returncode == 0 and "render-views" in proc.stdout and "demo" in proc.stdout
+    script = Path(sys.executable).with_name("viewforge")
+    if script.is_file():  # the console script installed by the set-up
+        proc = subprocess.run([str(script), "render-views", "--help"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "MESH" in proc.stdout
+
+
+def test_no_command_prints_usage_and_exits_2(capsys):
+    assert cli.main([]) == 2
+    assert "usage: viewforge" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["render-views", "m.glb", "-o", "x", "--views", "zero"], "--views: invalid whole number"),
+        (["render-views", "m.glb", "-o", "x", "--views", "0"], "--views: must be at least 1"),
+        (["render-views", "m.glb"], "required: -o/--output"),
+        (["demo"], "required: -o/--output"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_argument_errors_are_one_line_exit_2(args, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(args)
+    assert e.value.code == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert words in line
+
+
+def test_bad_input_errors_are_one_line_exit_2(tmp_path, capsys):
+    glb = tmp_path / "m.glb"
+    glb.write_bytes(b"x")
+    (tmp_path / "m.stl").write_bytes(b"solid")
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "keep.jpg").write_bytes(b"keep")
+    cases = [
+        (["render-views", str(tmp_path / "missing.glb"), "-o", str(tmp_path / "o")], "does not exist"),
+        (["render-views", str(tmp_path / "m.stl"), "-o", str(tmp_path / "o")], "not supported"),
+        (["render-views", str(glb), "-o", str(tmp_path / "nowhere" / "o")], "output folder"),
+        (["render-views", str(glb), "-o", str(foreign)], "not empty"),
+        (["render-views", str(glb), "-o", str(tmp_path / "o"), "--elevation", "1", "2", "3"], "elevation"),
+        (["render-views", str(glb), "-o", str(tmp_path / "o"), "--elevation", "95"], "elevation"),
+        (["demo", "-o", str(tmp_path / "nowhere" / "demo")], "output folder"),
+        (["demo", "-o", str(foreign)], "not empty"),
+        (["demo", "-o", str(tmp_path / "d"), "--resolution", "2"], "resolution"),
+    ]
+    for args, words in cases:
+        assert cli.main(args) == 2, args
+        line = one_line_error(capsys.readouterr().err)
+        assert words in line, (args, line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.glb", "m.stl", "photos"]
+    assert (foreign / "keep.jpg").read_bytes() == b"keep"
+
+
+def test_missing_mesh_from_a_real_process(tmp_path):
+    proc = run_cli("render-views", str(tmp_path / "nope.glb"), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert "nope.glb does not exist" in one_line_error(proc.stderr)
+    assert proc.stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_unexpected_errors_exit_1_traceback_only_with_debug(tmp_path, monkeypatch, capsys):
+    import viewforge.bridge.render as render
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("kaboom\nsecond line")
+
+    monkeypatch.setattr(render, "render_views", boom)
+    glb = tmp_path / "m.glb"
+    glb.write_bytes(b"x")
+    assert cli.main(["render-views", str(glb), "-o", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "unexpected error: RuntimeError: kaboom second line" in lines[0] and "--debug" in lines[0]
+    assert cli.main(["render-views", str(glb), "-o", str(tmp_path / "o"), "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "kaboom" in err
+    assert cli.main(["--debug", "render-views", str(glb), "-o", str(tmp_path / "o")]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_keyboard_interrupt_exits_130_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    import viewforge.bridge.render as render
+    from viewforge.engine.io.atomic import atomic_dir
+
+    def interrupted(mesh, out, **kwargs):
+        with atomic_dir(out) as tmp:
+            (tmp / "transforms.json").write_text("{}")
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(render, "render_views", interrupted)
+    glb = tmp_path / "m.glb"
+    glb.write_bytes(b"x")
+    assert cli.main(["render-views", str(glb), "-o", str(tmp_path / "o")]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.glb"]
+
+
+def test_progress_bar_follows_events(capsys):
+    from viewforge.engine.progress import ProgressEvent
+
+    bar = cli.ProgressBar(enabled=True)
+    for i in range(4):
+        bar(ProgressEvent("render", i / 3, f"view {i}/3", i, 3))
+    bar(ProgressEvent("mesh", 0.5, "half"))
+    bar.close()
+    err = capsys.readouterr().err
+    assert "render" in err and "3/3" in err and "mesh" in err and "50/100" in err
+    quiet = cli.ProgressBar(enabled=False)
+    quiet(ProgressEvent("render", 0.5, "", 1, 2))
+    quiet.close()
+    assert capsys.readouterr().err == ""
+    assert cli.ProgressBar().enabled is False  # stderr is not a terminal under pytest
+
+
+# ---------------------------------------------------------------------------------------------
+# real runs (bpy, Cycles at tiny sizes)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.blender
+def test_unparsable_mesh_exits_2_and_writes_nothing(bpy_module, tmp_path):
+    bad = tmp_path / "broken.glb"
+    bad.write_bytes(b"this is not a glTF file")
+    proc = run_cli("render-views", str(bad), "-o", str(tmp_path / "out"), "--views", "2", "--resolution", "32")
+    assert proc.returncode == 2
+    line = one_line_error(proc.stderr)
+    assert "broken.glb could not be read" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.glb"]
+
+
+@pytest.mark.blender
+def test_render_views_cli_success(bpy_module, tmp_path):
+    glb = _small_glb(tmp_path)
+    proc = run_cli(
+        "render-views", str(glb), "-o", str(tmp_path / "posed"), "--views", "2", "--resolution", "32",
+        "--samples", "1", "--elevation", "10", "--fov", "30", "--seed", "3",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # quiet off a terminal: no progress bar, no Blender chatter
+    assert "wrote 2 RGBA views" in proc.stdout and str(tmp_path / "posed") in proc.stdout
+    meta = json.loads((tmp_path / "posed" / "transforms.json").read_text())
+    assert [f["elevation_deg"] for f in meta["frames"]] == [10.0, 10.0]
+    assert meta["renderer"]["seed"] == 3 and meta["w"] == 32
+    assert meta["camera_angle_x"] == pytest.approx(np.radians(30.0))
+
+
+@pytest.mark.blender
+def test_ctrl_c_during_render_exits_130_and_leaves_nothing(bpy_module, tmp_path):
+    glb = _small_glb(tmp_path)
+    out = tmp_path / "posed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "viewforge", "render-views", str(glb), "-o", str(out),
+         "--views", "500", "--resolution", "32", "--samples", "1"],  # fmt: skip
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(tmp_path.glob(".posed.*.part/images/0001.png")):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        assert list(tmp_path.glob(".posed.*.part/images/0001.png")), "rendering never started"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.glb"]
+
+
+@pytest.mark.blender
+def test_demo_end_to_end(bpy_module, tmp_path):
+    from PIL import Image
+
+    from viewforge.engine.io.mesh import read_mesh
+
+    out = tmp_path / "demo"
+    t0 = time.time()
+    proc = run_cli("demo", "-o", str(out), "--views", "3", "--resolution", "64", "--samples", "4")
+    seconds = time.time() - t0
+    assert proc.returncode == 0, proc.stderr
+    for word in ("object.glb", "posed/transforms.json", "posed/images/", str(out)):
+        assert word in proc.stdout
+    mesh = read_mesh(out / "object.glb")
+    ref = demo_mesh()
+    assert mesh.num_faces == ref.num_faces
+    assert np.allclose(mesh.vertices, ref.vertices, atol=1e-6)
+    assert mesh.texture is not None and mesh.texture.shape[:2] == (1024, 1024)
+    meta = json.loads((out / "posed" / "transforms.json").read_text())
+    assert len(meta["frames"]) == 3 and meta["source_mesh"] == "object.glb"
+    for f in meta["frames"]:
+        img = np.asarray(Image.open(out / "posed" / f["file_path"]))
+        assert img.shape == (64, 64, 4)
+        assert (img[..., 3] > 127).mean() > 0.05
+        # the textured object is colourful, not a flat grey
+        fg = img[..., :3][img[..., 3] == 255].astype(int)
+        assert len(np.unique(fg // 32, axis=0)) >= 8
+    assert sorted(p.name for p in out.iterdir()) == ["object.glb", "posed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+    # running again replaces the earlier demo output
+    proc = run_cli("demo", "-o", str(out), "--views", "2", "--resolution", "32", "--samples", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads((out / "posed" / "transforms.json").read_text())["frames"]) == 2
+    assert seconds < 120
+
+
+# ---------------------------------------------------------------------------------------------
+# the demo object
+# ---------------------------------------------------------------------------------------------
+
+
+def _merged_edges(mesh) -> np.ndarray:
+    """Undirected edges with vertices merged by position (UV seams closed)."""
+    _, inv = np.unique(np.round(mesh.vertices / 1e-6).astype(np.int64), axis=0, return_inverse=True)
+    f = inv.ravel()[mesh.faces]
+    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    return e
+
+
+def test_demo_mesh_is_deterministic_closed_and_outward():
+    m = demo_mesh()
+    again = demo_mesh()
+    for key in ("vertices", "faces", "normals", "uvs", "texture"):
+        assert np.array_equal(getattr(m, key), getattr(again, key)), key
+    assert 5000 <= m.num_faces <= 20000
+    assert m.normals is not None and m.uvs is not None and m.texture is not None
+    # closed: every (position-merged) edge is used by exactly two faces, once in each direction
+    e = _merged_edges(m)
+    directed, counts = np.unique(e, axis=0, return_counts=True)
+    assert counts.max() == 1, "an edge is used twice in the same direction (inconsistent winding)"
+    undirected, counts = np.unique(np.sort(e, axis=1), axis=0, return_counts=True)
+    assert np.all(counts == 2), "open boundary or non-manifold edge"
+    # outward: positive enclosed volume, normals agree with face orientation
+    tri = m.vertices[m.faces].astype(np.float64)
+    assert np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6 > 0.5
+    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    vn = m.normals[m.faces].mean(axis=1)
+    assert (np.einsum("ij,ij->i", fn, vn) > 0).mean() > 0.99
+    assert np.allclose(np.linalg.norm(m.normals, axis=1), 1.0, atol=1e-5)
+    assert m.uvs.min() >= 0.0 and m.uvs.max() <= 1.0
+
+
+def test_demo_mesh_has_no_symmetry_that_hides_the_pose():
+    m = demo_mesh()
+    v = m.vertices
+    lo, hi = v.min(0), v.max(0)
+    # the handle sticks out on +X, the nose on +Y: neither axis is mirror-symmetric
+    assert hi[0] > -lo[0] + 0.2
+    head = v[(v[:, 2] > 1.55) & (v[:, 2] < 1.85)]  # the nose sits on the head
+    assert head[:, 1].max() > -head[:, 1].min() + 0.15
+    assert lo[2] == pytest.approx(0.0, abs=0.01)
+
+
+def test_demo_texture_has_detail_everywhere():
+    t = demo_texture(512)
+    assert t.shape == (512, 512, 3) and t.dtype == np.uint8
+    assert np.array_equal(t, demo_texture(512))
+    assert len(np.unique(t.reshape(-1, 3) // 16, axis=0)) > 200  # colourful
+    g = np.abs(np.diff(t.astype(int), axis=1)).sum(-1)
+    # every 64 px tile has edges (checker, rings, stripes): reconstruction has texture to match
+    tiles = g[:, :504].reshape(8, 64, 8, 63)
+    assert np.all((tiles > 30).sum(axis=(1, 3)) > 20)
