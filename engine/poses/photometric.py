@@ -1,0 +1,138 @@
+"""Photometric pose refinement: align each camera to a fixed splat model by render-and-compare.
+
+For camera i with world-to-camera W_i, optimise a 6-vector delta (axis-angle, translation) so
+that the model rendered at ``exp(delta) @ W_i`` matches photo i: L1 on images blurred with a
+shrinking Gaussian (coarse to fine, which widens the basin of convergence) plus the mask loss
+when masks exist. Images are rendered at ``scale`` x resolution (intrinsics scaled) for speed.
+Alternated with model fitting (``fit.py``), this converges like bundle adjustment by
+alternation: the model is the consensus of all views, each view is pulled onto it.
+
+Each camera also gets a reliability score: the final L1 (lower is better).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..cameras import Camera
+from ..io.types import PosedSet
+from ..progress import CancelToken, ProgressCallback, check, report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """steps: L-BFGS iterations per camera (split over the blur stages). blur_px: Gaussian blur
+    sigmas in working pixels, one stage each, coarse to fine. max_size: images are downscaled so
+    their longer side is at most this (intrinsics scaled). mask_weight: weight of the alpha/mask
+    term (sets with masks).
+
+    L-BFGS, not Adam: for an object small in the field of view, a rotation about an axis across
+    the view is nearly the same image change as a sideways translation; the loss valley is long
+    and thin, and a quasi-Newton method follows it where Adam stalls (measured: 0.07 vs 1.1
+    degrees median error aligning 3-degree-perturbed cameras to the true model)."""
+
+    steps: int = 100
+    blur_px: tuple[float, ...] = (1.0, 0.0)
+    max_size: int = 128
+    mask_weight: float = 1.0
+
+
+@dataclass
+class AlignResult:
+    cameras: list[Camera]
+    loss_before: list[float]
+    loss_after: list[float]
+
+
+def _blur(img, sigma: float):
+    """img (1, C, H, W) -> blurred with a separable Gaussian (reflect padding)."""
+    import torch
+
+    if sigma <= 0:
+        return img
+    r = max(1, int(round(3 * sigma)))
+    x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    c = img.shape[1]
+    img = torch.nn.functional.pad(img, (r, r, r, r), mode="reflect")
+    img = torch.nn.functional.conv2d(img, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return torch.nn.functional.conv2d(img, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def align_cameras(
+    splats,
+    posed: PosedSet,
+    config: AlignConfig = AlignConfig(),
+    *,
+    device=None,
+    backend: str = "auto",
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> AlignResult:
+    """Refine every camera of ``posed`` against the fixed ``splats`` (see module docstring)."""
+    import torch
+
+    from ..splat.fit import resolve_device, se3_exp
+    from ..splat.rasterize import rasterize
+
+    dev = device if device is not None else resolve_device("auto")
+    p = {k: v.detach().to(dev) for k, v in splats.as_dict().items()}
+    colors = torch.cat([p["sh0"], p["shN"]], dim=1)
+    scales, opac = torch.exp(p["scales"]), torch.sigmoid(p["opacities"])
+    out_cams, before, after = [], [], []
+    n_stage = max(len(config.blur_px), 1)
+    for i, cam in enumerate(posed.cameras):
+        check(cancel)
+        factor = min(1.0, config.max_size / max(cam.width, cam.height))
+        w = max(8, int(round(cam.width * factor)))
+        h = max(8, int(round(cam.height * factor)))
+        small = cam.resized(w, h)
+        img = torch.from_numpy(np.ascontiguousarray(posed.images[i])).to(dev).permute(2, 0, 1)[None]
+        img = torch.nn.functional.interpolate(img, size=(h, w), mode="area")
+        mask = None
+        if posed.masks is not None:
+            mask = torch.from_numpy(np.ascontiguousarray(posed.masks[i])).to(dev)[None, None]
+            mask = torch.nn.functional.interpolate(mask, size=(h, w), mode="area")
+        target = img if mask is None else img * mask  # composited on black
+        w2c = torch.tensor(cam.world_to_camera, dtype=torch.float32, device=dev)[None]
+        K = torch.tensor(small.K, dtype=torch.float32, device=dev)[None]
+        delta = torch.nn.Parameter(torch.zeros(1, 6, device=dev))
+        bg = torch.zeros(1, 3, device=dev)
+        stage_losses: list[float] = []
+        for sigma in config.blur_px or (0.0,):
+            tgt = _blur(target, sigma)
+            tgt_mask = None if mask is None else _blur(mask, sigma)
+            opt = torch.optim.LBFGS([delta], lr=1.0, max_iter=config.steps // n_stage + 1, history_size=10,
+                                    line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+
+            def closure():
+                opt.zero_grad(set_to_none=True)
+                render, alpha, _ = rasterize(
+                    p["means"], p["quats"], scales, opac, colors, se3_exp(delta) @ w2c, K, w, h,
+                    sh_degree=splats.sh_degree, backgrounds=bg, backend=backend,
+                )
+                loss = ((_blur(render.permute(0, 3, 1, 2), sigma) - tgt) ** 2).mean()
+                if tgt_mask is not None and config.mask_weight > 0:
+                    loss = loss + config.mask_weight * ((_blur(alpha.permute(0, 3, 1, 2), sigma) - tgt_mask) ** 2).mean()
+                loss.backward()
+                stage_losses.append(float(loss.detach()))
+                return loss
+
+            opt.step(closure)
+        first = stage_losses[0] if stage_losses else 0.0
+        last = stage_losses[-1] if stage_losses else 0.0
+        with torch.no_grad():
+            m = (se3_exp(delta.double()) @ w2c.double())[0].cpu().numpy()
+        u, _, vt = np.linalg.svd(m[:3, :3])
+        m[:3, :3] = u @ vt
+        out_cams.append(cam.with_pose(m))
+        before.append(first)
+        after.append(last)
+        report(progress, "poses", i + 1, len(posed), f"camera {i + 1}/{len(posed)}")
+    return AlignResult(out_cams, before, after)

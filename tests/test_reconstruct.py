@@ -1,0 +1,75 @@
+"""`viewforge reconstruct` end to end on a small synthetic posed set, the view split, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from viewforge import cli
+from viewforge.engine.errors import Cancelled, InputError
+from viewforge.engine.io.posed import write_posed_set
+from viewforge.engine.progress import CancelToken
+from viewforge.engine.recon import ReconConfig, reconstruct, split_views
+from viewforge.engine.splat.model import read_splat_ply
+
+from .test_splat_fit import _ground_truth_splats, _posed, _rig
+
+
+@pytest.fixture(scope="module")
+def posed_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recon")
+    posed = _posed(_ground_truth_splats(), _rig(16))
+    return write_posed_set(posed, root / "blob")
+
+
+def test_split_is_deterministic_and_disjoint():
+    train, held = split_views(100, 24, 8)
+    assert len(train) == 24 and len(held) == 8
+    assert not set(train) & set(held)
+    assert (train, held) == split_views(100, 24, 8)
+    assert held == [6, 18, 31, 43, 56, 68, 81, 93]
+    assert split_views(10, None, 0) == (list(range(10)), [])
+    with pytest.raises(InputError, match="needs 12 frames"):
+        split_views(10, 10, 2)
+    with pytest.raises(InputError, match="no training view"):
+        split_views(4, None, 4)
+
+
+def test_cli_reconstruct_writes_ply_and_metrics(posed_dir, tmp_path, capsys):
+    out, mpath = tmp_path / "blob.ply", tmp_path / "m.json"
+    code = cli.main([
+        "reconstruct", str(posed_dir / "transforms.json"), "-o", str(out), "--views", "12", "--holdout", "4",
+        "--resolution", "40", "--iterations", "300", "--metrics", str(mpath), "--device", "cpu",
+    ])
+    assert code == 0
+    assert "held-out PSNR" in capsys.readouterr().out
+    m = json.loads(mpath.read_text())
+    for key in ("psnr", "ssim", "lpips", "chamfer", "fscore", "seconds", "peak_rss_mb", "num_gaussians", "num_faces"):
+        assert key in m
+    assert m["lpips"] is None and m["chamfer"] is None and m["num_faces"] is None
+    assert m["psnr"] > 20.0 and 0.5 < m["ssim"] <= 1.0
+    assert m["views"] == 12 and m["holdout"] == 4
+    assert {"load", "fit", "eval", "write"} <= set(m["seconds"])
+    splats = read_splat_ply(out)
+    assert splats.num == m["num_gaussians"] > 100
+
+
+def test_bad_output_and_cancel_leave_nothing(posed_dir, tmp_path, capsys):
+    code = cli.main(["reconstruct", str(posed_dir), "-o", str(tmp_path / "x.obj"), "--iterations", "5"])
+    assert code == 2 and "Fix:" in capsys.readouterr().err
+    code = cli.main(["reconstruct", str(posed_dir), "-o", str(tmp_path / "missing" / "x.ply"), "--iterations", "5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not exist" in err
+    token = CancelToken()
+
+    def progress(event):
+        if event.stage == "fit" and event.step >= 3:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        reconstruct(posed_dir, tmp_path / "c.ply", ReconConfig(iterations=50, resolution=40, device="cpu"),
+                    metrics_path=tmp_path / "c.json", progress=progress, cancel=token)
+    assert not (tmp_path / "c.ply").exists() and not (tmp_path / "c.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
