@@ -171,16 +171,29 @@ def _run_render_views(args: argparse.Namespace, progress: ProgressBar) -> int:
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created; its parent must exist)")
     _add_render_options(p)
+    p.add_argument("--iterations", type=int, default=1500, metavar="I",
+                   help="reconstruction steps on the rendered set (default 1500; 0 = render only)")
+    p.add_argument("--fit-resolution", type=_positive_int, default=128, metavar="R",
+                   help="image size for the reconstruction (default 128)")
 
 
 def _demo_reconstruct(work: Path, args: argparse.Namespace, progress: ProgressBar) -> list[tuple[str, str]]:
-    """The demo's reconstruction step: ``work/posed`` -> a textured mesh in ``work``.
+    """The demo's reconstruction step: ``work/posed`` -> Gaussian splats in ``work``, with one in
+    six views held out for PSNR/SSIM. (The mesh stage will turn this into a textured mesh.)"""
+    if args.iterations <= 0:
+        return []
+    from .engine.recon import ReconConfig, reconstruct
 
-    Seam for later issues: reconstruct the posed set here (``viewforge reconstruct``'s engine
-    call), write e.g. ``work/reconstruction.glb`` and metrics, and return ``(relative path,
-    description)`` rows for the summary. The foundation issue stops at the posed set.
-    """
-    return []
+    holdout = args.views // 6 if args.views >= 6 else 0
+    cfg = ReconConfig(holdout=holdout, resolution=args.fit_resolution, iterations=args.iterations, seed=args.seed)
+    res = reconstruct(work / "posed" / "transforms.json", work / "splats.ply", cfg,
+                      metrics_path=work / "metrics.json", progress=progress)
+    m = res.metrics
+    quality = f"; held-out PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}" if m["psnr"] is not None else ""
+    return [
+        ("splats.ply", f"{m['num_gaussians']} Gaussians fitted to {m['views']} views{quality}"),
+        ("metrics.json", "metrics (DESIGN.md format) and seconds per stage"),
+    ]
 
 
 def _run_demo(args: argparse.Namespace, progress: ProgressBar) -> int:
@@ -298,10 +311,11 @@ COMMANDS: list[Command] = [
     ),
     Command(
         "demo",
-        "build the procedural demo object and render a posed set of it",
+        "build the procedural demo object, render a posed set of it and reconstruct it",
         "Build Viewforge's procedural test object (a textured pawn with a handle and a nose; no "
-        "third-party asset), write it as OUT/object.glb and render OUT/posed/ (transforms.json + "
-        "images/) from it with render-views.",
+        "third-party asset), write it as OUT/object.glb, render OUT/posed/ (transforms.json + "
+        "images/) from it with render-views, and reconstruct Gaussian splats from that set "
+        "(OUT/splats.ply, OUT/metrics.json with held-out PSNR/SSIM).",
         _add_demo,
         _run_demo,
         "example: viewforge demo -o demo",

@@ -14,7 +14,7 @@ from viewforge.engine.progress import CancelToken
 from viewforge.engine.recon import ReconConfig, reconstruct, split_views
 from viewforge.engine.splat.model import read_splat_ply
 
-from .test_splat_fit import _ground_truth_splats, _posed, _rig
+from test_splat_fit import _ground_truth_splats, _posed, _rig
 
 
 @pytest.fixture(scope="module")

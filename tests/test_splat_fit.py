@@ -86,33 +86,44 @@ def test_fit_reaches_good_heldout_psnr(scene):
     assert result.splats.sh_degree == 1
 
 
-def test_pose_refinement_recovers_perturbed_cameras(scene):
-    gt, train, _ = scene
-    rng = np.random.default_rng(1)
-    perturbed = []
-    for cam in train.cameras:
-        axis = rng.normal(size=3)
+def _perturb(cameras, degrees=3.0, fraction=0.03, seed=1):
+    """Each camera rotated by ``degrees`` about a random axis and moved by ``fraction`` of its distance."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for cam in cameras:
         delta = np.zeros(6)
-        delta[:3] = axis / np.linalg.norm(axis) * math.radians(3.0)
+        axis = rng.normal(size=3)
+        delta[:3] = axis / np.linalg.norm(axis) * math.radians(degrees)
         direction = rng.normal(size=3)
-        delta[3:] = direction / np.linalg.norm(direction) * 0.03 * np.linalg.norm(cam.center)
-        m = se3_exp(torch.tensor(delta[None], dtype=torch.float64))[0].numpy() @ cam.world_to_camera
-        perturbed.append(cam.with_pose(m))
-    before = np.median([rotation_angle_deg(a.R, b.R) for a, b in zip(perturbed, train.cameras)])
-    assert 2.9 < before < 3.1
-    noisy = PosedSet(perturbed, train.images, train.masks, train.names)
-    result = fit_splats(
-        noisy,
-        FitConfig(iterations=600, init_points=3000, sh_degree=0, pose_refine=True, pose_lr=2e-3, pose_start=50,
-                  densify=False, device="cpu"),
-    )
-    # the fit is defined up to a global similarity; compare relative rotations to camera 0
-    def rel(cams, i):
-        return cams[i].R @ cams[0].R.T
+        delta[3:] = direction / np.linalg.norm(direction) * fraction * np.linalg.norm(cam.center)
+        out.append(cam.with_pose(se3_exp(torch.tensor(delta[None]))[0].numpy() @ cam.world_to_camera))
+    return out
 
-    errs = [rotation_angle_deg(rel(result.cameras, i), rel(train.cameras, i)) for i in range(1, len(train))]
-    errs_before = [rotation_angle_deg(rel(perturbed, i), rel(train.cameras, i)) for i in range(1, len(train))]
-    assert np.median(errs) < 0.5 * np.median(errs_before), (np.median(errs), np.median(errs_before))
+
+def test_photometric_alignment_recovers_perturbed_cameras(scene):
+    from viewforge.engine.poses.photometric import AlignConfig, align_cameras
+
+    gt, train, _ = scene
+    cams = train.cameras[:6]
+    perturbed = _perturb(cams)
+    before = np.median([rotation_angle_deg(a.R, b.R) for a, b in zip(perturbed, cams)])
+    assert before == pytest.approx(3.0, abs=1e-6)
+    noisy = PosedSet(perturbed, train.images[:6], train.masks[:6])
+    res = align_cameras(gt, noisy, AlignConfig(steps=100), device=torch.device("cpu"))
+    after = np.median([rotation_angle_deg(a.R, b.R) for a, b in zip(res.cameras, cams)])
+    moved = np.median([np.linalg.norm(a.center - b.center) for a, b in zip(res.cameras, cams)])
+    assert after < 0.25, after
+    assert moved < 0.02  # 3 % of the 3-unit distance was 0.09
+    assert np.all(np.array(res.loss_after) < 0.1 * np.array(res.loss_before))
+
+
+def test_fit_with_pose_refinement_runs_and_moves_cameras(scene):
+    _, train, _ = scene
+    noisy = PosedSet(_perturb(train.cameras), train.images, train.masks)
+    res = fit_splats(noisy, FitConfig(iterations=60, init_points=1000, sh_degree=0, pose_refine=True,
+                                      pose_rounds=(0.5,), pose_align_steps=10, densify=False, device="cpu"))
+    moved = [rotation_angle_deg(a.R, b.R) for a, b in zip(res.cameras, noisy.cameras)]
+    assert len(res.cameras) == len(noisy) and max(moved) > 0.01
 
 
 def test_splat_ply_round_trip(tmp_path, scene):

@@ -71,6 +71,14 @@ def bin_tiles(means2d, radii, order, tile_size, tiles_x, tiles_y):
     return counts, ids
 
 
+@numba.njit(inline="always", **_JIT)
+def _pixel_span(m, r, lo, hi):
+    """Pixels [a, b) of [lo, hi) whose centres (p + 0.5) lie within [m - r, m + r]."""
+    a = max(lo, np.int32(np.ceil(m - r - np.float32(0.5))))
+    b = min(hi, np.int32(np.floor(m + r - np.float32(0.5))) + 1)
+    return a, b
+
+
 @numba.njit(parallel=True, **_JIT)
 def forward(means2d, conics, colors, opacities, radii, offsets, ids, bg, width, height, tile_size, tiles_x,
             out_color, out_t, out_last):
@@ -105,11 +113,8 @@ def forward(means2d, conics, colors, opacities, radii, offsets, ids, bg, width, 
             if op < ALPHA_MIN:
                 continue
             s_cut = np.log(op * np.float32(255.0)) + np.float32(1e-3)  # sigma beyond: alpha < 1/255
-            # pixel centres px + 0.5 within [m - r, m + r]
-            bx0 = max(x0, np.int32(np.ceil(mx - radii[g, 0] - np.float32(0.5))))
-            bx1 = min(x1, np.int32(np.floor(mx + radii[g, 0] - np.float32(0.5))) + 1)
-            by0 = max(y0, np.int32(np.ceil(my - radii[g, 1] - np.float32(0.5))))
-            by1 = min(y1, np.int32(np.floor(my + radii[g, 1] - np.float32(0.5))) + 1)
+            bx0, bx1 = _pixel_span(mx, radii[g, 0], x0, x1)
+            by0, by1 = _pixel_span(my, radii[g, 1], y0, y1)
             for py in range(by0, by1):
                 dy = my - (np.float32(py) + np.float32(0.5))
                 row = (py - y0) * tw - x0
@@ -187,10 +192,8 @@ def backward(means2d, conics, colors, opacities, radii, offsets, ids, bg, width,
             if op < ALPHA_MIN:
                 continue
             s_cut = np.log(op * np.float32(255.0)) + np.float32(1e-3)
-            bx0 = max(x0, np.int32(np.ceil(mx - radii[g, 0] - np.float32(0.5))))
-            bx1 = min(x1, np.int32(np.floor(mx + radii[g, 0] - np.float32(0.5))) + 1)
-            by0 = max(y0, np.int32(np.ceil(my - radii[g, 1] - np.float32(0.5))))
-            by1 = min(y1, np.int32(np.floor(my + radii[g, 1] - np.float32(0.5))) + 1)
+            bx0, bx1 = _pixel_span(mx, radii[g, 0], x0, x1)
+            by0, by1 = _pixel_span(my, radii[g, 1], y0, y1)
             v_mx = np.float32(0.0)
             v_my = np.float32(0.0)
             v_ca = np.float32(0.0)

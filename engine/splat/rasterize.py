@@ -317,8 +317,6 @@ def composite_torch_tiled(proj: Projected, feats: Tensor, opac: Tensor, width: i
         order = torch.argsort(proj.depths[c].detach(), stable=True)
         rect = _tile_rects(proj.means2d[c], proj.radii[c], tile_size, tiles_x, tiles_y)[order]
         m2, co, fe, op = proj.means2d[c][order], proj.conics[c][order], feats[c][order], opac[c][order]
-        img = torch.zeros(tiles_y * tile_size, tiles_x * tile_size, d, dtype=feats.dtype, device=dev)
-        tmap = torch.ones(tiles_y * tile_size, tiles_x * tile_size, dtype=feats.dtype, device=dev)
         rows_c, rows_t = [], []
         for ty in range(tiles_y):
             cols_c, cols_t = [], []
