@@ -132,6 +132,9 @@ def _table(rows: list[dict], cols: list[str]) -> str:
 
 
 def main() -> int:
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does (cli._quiet_openmp)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=("raster", "recon"), default=None)
     ap.add_argument("--iterations", type=int, default=3000)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -70,7 +69,12 @@ def split_views(n_frames: int, views: int | None, holdout: int) -> tuple[list[in
     return [rest[i] for i in pick], held
 
 
-def peak_rss_mb() -> float:
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process in MiB (None where the OS does not say: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
@@ -150,7 +154,7 @@ def reconstruct(
         "chamfer": None,
         "fscore": None,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_rss_mb": None if (rss := peak_rss_mb()) is None else round(rss, 1),
         "num_gaussians": result.splats.num,
         "num_faces": None,
         "views": len(train),

@@ -17,6 +17,7 @@ import pytest
 
 _TMP_HOME = Path(tempfile.mkdtemp(prefix="viewforge-test-home-"))
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as cli.main(): no spinning OpenMP threads (cli._quiet_openmp)
 os.environ.setdefault("VIEWFORGE_TEST", "1")
 if os.environ.get("CI") != "true" or "BLENDER_USER_RESOURCES" not in os.environ:
     os.environ["HOME"] = str(_TMP_HOME)

@@ -184,3 +184,17 @@ def test_nan_loss_stops_with_numerical_error(scene, monkeypatch):
     monkeypatch.setattr(rast, "rasterize", broken)
     with pytest.raises(NumericalError, match="diverged"):
         fit_splats(train, FitConfig(iterations=50, init_points=300, device="cpu"))
+
+
+def test_out_of_memory_is_a_clear_error(scene, monkeypatch):
+    from viewforge.engine.errors import ResourceError
+    import viewforge.engine.splat.rasterize as rast
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(rast, "rasterize", oom)
+    _, train, _ = scene
+    with pytest.raises(ResourceError) as err:
+        fit_splats(train, FitConfig(iterations=5, init_points=300, device="cpu"))
+    assert "out of memory" in str(err.value) and "--resolution" in str(err.value)

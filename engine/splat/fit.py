@@ -13,9 +13,8 @@ becomes ``exp(delta) @ w2c``; Adam with its own learning rate, started after a w
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from ..cameras import Camera
 from ..errors import InputError, PosedSetError
 from ..io.atomic import atomic_file
 from ..io.types import PosedSet
+
+if TYPE_CHECKING:  # torch is imported inside functions (engine import stays light)
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ SH_C0 = 0.28209479177387814
 class Splats:
     """A fitted set of 3D Gaussians (CPU tensors, see module docstring for the layout)."""
 
-    means: "torch.Tensor"  # noqa: F821  (N, 3)
+    means: "torch.Tensor"  # (N, 3)
     scales: "torch.Tensor"  # (N, 3) log scale
     quats: "torch.Tensor"  # (N, 4) wxyz
     opacities: "torch.Tensor"  # (N,) logit
