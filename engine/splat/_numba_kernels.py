@@ -72,6 +72,14 @@ def bin_tiles(means2d, radii, order, tile_size, tiles_x, tiles_y):
 
 
 @numba.njit(inline="always", **_JIT)
+def _tile_rect(t, tiles_x, tile_size, width, height):
+    """Pixel rectangle [x0, x1) x [y0, y1) of tile ``t`` (row-major), clipped to the image."""
+    x0 = (t % tiles_x) * tile_size
+    y0 = (t // tiles_x) * tile_size
+    return x0, min(x0 + tile_size, width), y0, min(y0 + tile_size, height)
+
+
+@numba.njit(inline="always", **_JIT)
 def _pixel_span(m, r, lo, hi):
     """Pixels [a, b) of [lo, hi) whose centres (p + 0.5) lie within [m - r, m + r]."""
     a = max(lo, np.int32(np.ceil(m - r - np.float32(0.5))))
@@ -93,9 +101,7 @@ def forward(means2d, conics, colors, opacities, radii, offsets, ids, bg, width, 
     d = colors.shape[1]
     n_tiles = offsets.shape[0] - 1
     for t in prange(n_tiles):
-        ty, tx = t // tiles_x, t % tiles_x
-        x0, y0 = tx * tile_size, ty * tile_size
-        x1, y1 = min(x0 + tile_size, width), min(y0 + tile_size, height)
+        x0, x1, y0, y1 = _tile_rect(t, tiles_x, tile_size, width, height)
         tw = x1 - x0
         npix = tw * (y1 - y0)
         T = np.ones(npix, dtype=np.float32)
@@ -159,9 +165,7 @@ def backward(means2d, conics, colors, opacities, radii, offsets, ids, bg, width,
     n_tiles = offsets.shape[0] - 1
     for t in prange(n_tiles):
         tid = numba.get_thread_id()
-        ty, tx = t // tiles_x, t % tiles_x
-        x0, y0 = tx * tile_size, ty * tile_size
-        x1, y1 = min(x0 + tile_size, width), min(y0 + tile_size, height)
+        x0, x1, y0, y1 = _tile_rect(t, tiles_x, tile_size, width, height)
         tw = x1 - x0
         npix = tw * (y1 - y0)
         T = np.empty(npix, dtype=np.float32)
