@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -24,36 +23,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 LEGO = REPO.parent / "shared" / "data" / "posed" / "lego" / "transforms_train.json"
-
-
-def perturb(cameras, degrees: float, fraction: float, seed: int):
-    import torch
-
-    from viewforge.engine.splat.fit import se3_exp
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for cam in cameras:
-        delta = np.zeros(6)
-        axis = rng.normal(size=3)
-        delta[:3] = axis / np.linalg.norm(axis) * math.radians(degrees)
-        direction = rng.normal(size=3)
-        delta[3:] = direction / np.linalg.norm(direction) * fraction * np.linalg.norm(cam.center)
-        out.append(cam.with_pose(se3_exp(torch.tensor(delta[None]))[0].numpy() @ cam.world_to_camera))
-    return out
-
-
-def rotation_errors(est, ref) -> tuple[float, float]:
-    """Median rotation error in degrees: absolute, and after the best global rotation."""
-    from viewforge.engine.cameras import rotation_angle_deg
-
-    u, _, vt = np.linalg.svd(sum(a.R.T @ b.R for a, b in zip(est, ref)))
-    g = u @ vt
-    if np.linalg.det(g) < 0:
-        u[:, -1] *= -1
-        g = u @ vt
-    return (float(np.median([rotation_angle_deg(a.R, b.R) for a, b in zip(est, ref)])),
-            float(np.median([rotation_angle_deg(a.R @ g, b.R) for a, b in zip(est, ref)])))
 
 
 def main() -> int:
@@ -81,6 +50,7 @@ def main() -> int:
 
     from viewforge.engine.io.posed import load_posed_set
     from viewforge.engine.io.types import PosedSet
+    from viewforge.engine.poses.evaluate import perturb_cameras, rotation_errors
     from viewforge.engine.poses.photometric import AlignConfig, align_cameras
     from viewforge.engine.splat.fit import FitConfig, fit_splats
 
@@ -88,7 +58,7 @@ def main() -> int:
     ids = [int(i) for i in np.linspace(0, len(posed) - 1, args.views).round()]
     true = [posed.cameras[i] for i in ids]
     images, masks = [posed.images[i] for i in ids], [posed.masks[i] for i in ids]
-    noisy = perturb(true, args.degrees, args.fraction, args.seed)
+    noisy = perturb_cameras(true, args.degrees, args.fraction, args.seed)
     before = rotation_errors(noisy, true)
     t = time.perf_counter()
     cfg = FitConfig(iterations=args.iterations, init_points=args.init_points, sh_degree=args.sh_degree,

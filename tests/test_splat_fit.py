@@ -11,9 +11,10 @@ import torch
 from viewforge.engine.cameras import Camera, look_at, rotation_angle_deg
 from viewforge.engine.errors import Cancelled, NumericalError, PosedSetError
 from viewforge.engine.io.types import PosedSet
+from viewforge.engine.poses.evaluate import perturb_cameras
 from viewforge.engine.metrics import composite_on_white, psnr
 from viewforge.engine.progress import CancelToken
-from viewforge.engine.splat.fit import FitConfig, fit_splats, render_splats, se3_exp
+from viewforge.engine.splat.fit import FitConfig, fit_splats, render_splats
 from viewforge.engine.splat.model import Splats, read_splat_ply, visual_hull_points, write_splat_ply
 
 SIZE = 40
@@ -86,26 +87,12 @@ def test_fit_reaches_good_heldout_psnr(scene):
     assert result.splats.sh_degree == 1
 
 
-def _perturb(cameras, degrees=3.0, fraction=0.03, seed=1):
-    """Each camera rotated by ``degrees`` about a random axis and moved by ``fraction`` of its distance."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for cam in cameras:
-        delta = np.zeros(6)
-        axis = rng.normal(size=3)
-        delta[:3] = axis / np.linalg.norm(axis) * math.radians(degrees)
-        direction = rng.normal(size=3)
-        delta[3:] = direction / np.linalg.norm(direction) * fraction * np.linalg.norm(cam.center)
-        out.append(cam.with_pose(se3_exp(torch.tensor(delta[None]))[0].numpy() @ cam.world_to_camera))
-    return out
-
-
 def test_photometric_alignment_recovers_perturbed_cameras(scene):
     from viewforge.engine.poses.photometric import AlignConfig, align_cameras
 
     gt, train, _ = scene
     cams = train.cameras[:6]
-    perturbed = _perturb(cams)
+    perturbed = perturb_cameras(cams, 3.0, 0.03, seed=1)
     before = np.median([rotation_angle_deg(a.R, b.R) for a, b in zip(perturbed, cams)])
     assert before == pytest.approx(3.0, abs=1e-6)
     noisy = PosedSet(perturbed, train.images[:6], train.masks[:6])
@@ -119,7 +106,7 @@ def test_photometric_alignment_recovers_perturbed_cameras(scene):
 
 def test_fit_with_pose_refinement_runs_and_moves_cameras(scene):
     _, train, _ = scene
-    noisy = PosedSet(_perturb(train.cameras), train.images, train.masks)
+    noisy = PosedSet(perturb_cameras(train.cameras, 3.0, 0.03, seed=1), train.images, train.masks)
     res = fit_splats(noisy, FitConfig(iterations=60, init_points=1000, sh_degree=0, pose_refine=True,
                                       pose_rounds=(0.5,), pose_align_steps=10, densify=False, device="cpu"))
     moved = [rotation_angle_deg(a.R, b.R) for a, b in zip(res.cameras, noisy.cameras)]
@@ -198,3 +185,19 @@ def test_out_of_memory_is_a_clear_error(scene, monkeypatch):
     with pytest.raises(ResourceError) as err:
         fit_splats(train, FitConfig(iterations=5, init_points=300, device="cpu"))
     assert "out of memory" in str(err.value) and "--resolution" in str(err.value)
+
+
+def test_perturbation_is_the_fits_pose_correction(scene):
+    from viewforge.engine.splat.fit import se3_exp
+
+    _, train, _ = scene
+    cam = train.cameras[0]
+    (moved,) = perturb_cameras([cam], 3.0, 0.03, seed=4)
+    assert rotation_angle_deg(moved.R, cam.R) == pytest.approx(3.0, abs=1e-9)
+    # a correction [R t; 0 1] on the left of world-to-camera, exactly what se3_exp builds
+    rng = np.random.default_rng(4)
+    axis, direction = rng.normal(size=3), rng.normal(size=3)
+    delta = np.concatenate([axis / np.linalg.norm(axis) * math.radians(3.0),
+                            direction / np.linalg.norm(direction) * 0.03 * np.linalg.norm(cam.center)])
+    expected = se3_exp(torch.tensor(delta[None]))[0].numpy() @ cam.world_to_camera
+    np.testing.assert_allclose(moved.world_to_camera, expected, atol=1e-12)

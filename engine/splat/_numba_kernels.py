@@ -80,6 +80,13 @@ def _tile_rect(t, tiles_x, tile_size, width, height):
 
 
 @numba.njit(inline="always", **_JIT)
+def _sigma_cut(op):
+    """Beyond this sigma, alpha = op exp(-sigma) < 1/255 for sure (a small margin keeps the exact
+    test authoritative): forward and backward skip exp there, and must use the same cut."""
+    return np.log(op * np.float32(255.0)) + np.float32(1e-3)
+
+
+@numba.njit(inline="always", **_JIT)
 def _pixel_span(m, r, lo, hi):
     """Pixels [a, b) of [lo, hi) whose centres (p + 0.5) lie within [m - r, m + r]."""
     a = max(lo, np.int32(np.ceil(m - r - np.float32(0.5))))
@@ -118,7 +125,7 @@ def forward(means2d, conics, colors, opacities, radii, offsets, ids, bg, width, 
             op = opacities[g]
             if op < ALPHA_MIN:
                 continue
-            s_cut = np.log(op * np.float32(255.0)) + np.float32(1e-3)  # sigma beyond: alpha < 1/255
+            s_cut = _sigma_cut(op)
             bx0, bx1 = _pixel_span(mx, radii[g, 0], x0, x1)
             by0, by1 = _pixel_span(my, radii[g, 1], y0, y1)
             for py in range(by0, by1):
@@ -195,7 +202,7 @@ def backward(means2d, conics, colors, opacities, radii, offsets, ids, bg, width,
             op = opacities[g]
             if op < ALPHA_MIN:
                 continue
-            s_cut = np.log(op * np.float32(255.0)) + np.float32(1e-3)
+            s_cut = _sigma_cut(op)
             bx0, bx1 = _pixel_span(mx, radii[g, 0], x0, x1)
             by0, by1 = _pixel_span(my, radii[g, 1], y0, y1)
             v_mx = np.float32(0.0)
