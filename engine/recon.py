@@ -28,7 +28,8 @@ SPLAT_SUFFIXES = (".ply",)
 class ReconConfig:
     """views: training views (None = every frame not held out). holdout: held-out views for
     metrics. resolution: longer image side in pixels (None = as stored). iterations, device,
-    seed: see FitConfig. pose_refine: refine the cameras jointly."""
+    seed: see FitConfig. pose_refine: refine the cameras jointly. faces: face budget of the mesh
+    (mesh outputs only). texture_size: side of the baked base-colour texture in pixels."""
 
     views: int | None = None
     holdout: int = 0
@@ -37,6 +38,8 @@ class ReconConfig:
     device: str = "auto"
     seed: int = 0
     pose_refine: bool = False
+    faces: int = 50000
+    texture_size: int = 2048
 
 
 @dataclass
