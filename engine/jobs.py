@@ -1,0 +1,443 @@
+"""Jobs: what one unit of Viewforge work is, the quality presets, and a worker process to run it in.
+
+A **job** is a plain description (:class:`JobSpec`: kind, input path, output path, options) that a
+job function turns into files: ``reconstruct`` (a posed set -> a mesh or splats, through
+:func:`viewforge.engine.recon.reconstruct`) and ``generate`` (one image -> a mesh; not available
+in this version). Adding a kind is one function registered in :data:`JOB_FUNCTIONS`. The Blender
+operators, ``viewforge batch`` and scripts all build a :class:`JobSpec` and call the same function.
+
+**Quality presets** (:data:`QUALITY_PRESETS`) are the one place where "draft / standard / high"
+become numbers: fit resolution, optimisation steps, mesh face budget and texture size.
+
+**Worker process** (:class:`JobProcess`). A job runs in a separate Python process started with
+the *spawn* method (never fork: a forked Blender would duplicate its state and threads), so a
+crash or an out-of-memory kill in torch cannot take the caller (Blender, a batch) with it. The
+child never imports bpy. The child sends plain tuples over a one-way pipe: progress
+``("progress", stage, fraction, message)`` (throttled), then exactly one of ``("done", result)``,
+``("error", class name, message, fix)`` or ``("cancelled",)``. The parent polls without blocking
+(:meth:`JobProcess.poll`, from a Blender timer or a loop). :meth:`JobProcess.cancel` sets a shared
+event the job checks (:class:`~viewforge.engine.progress.CancelToken`); a child that has not
+stopped :data:`CANCEL_GRACE_S` seconds later is killed. A child that dies without a final message
+(killed, segfault, out of memory) becomes a :class:`~viewforge.engine.errors.ResourceError`
+saying so. Only plain Python values cross the process boundary, so the child does not need the
+parent's module names (inside Blender the extension is ``bl_ext.<repo>.viewforge``; the child
+imports it as ``viewforge`` from the extension's parent folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+import types
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import errors as _errors
+from .errors import Cancelled, InputError, ResourceError, ViewforgeError
+from .progress import CancelToken, ProgressCallback, ProgressEvent
+
+log = logging.getLogger(__name__)
+
+#: Seconds a cancelled worker may take to stop by itself before it is killed.
+CANCEL_GRACE_S = 2.0
+#: Minimum seconds between two progress messages of one stage from the worker (UI refresh rate).
+PROGRESS_INTERVAL_S = 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality presets
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QualityPreset:
+    """What a quality level means. resolution: longer image side of the fit in pixels;
+    iterations: optimisation steps; faces: face budget of the mesh; texture_size: side of the
+    baked base-colour texture in pixels."""
+
+    resolution: int
+    iterations: int
+    faces: int
+    texture_size: int
+
+
+#: draft: a quick look (about a minute on a laptop CPU); standard: the default; high: final assets.
+QUALITY_PRESETS: dict[str, QualityPreset] = {
+    "draft": QualityPreset(resolution=128, iterations=1000, faces=20_000, texture_size=1024),
+    "standard": QualityPreset(resolution=256, iterations=3000, faces=50_000, texture_size=2048),
+    "high": QualityPreset(resolution=512, iterations=7000, faces=200_000, texture_size=4096),
+}
+
+#: Options a reconstruct job accepts besides the preset (ReconConfig field names).
+RECON_OPTIONS = ("quality", "resolution", "iterations", "faces", "texture_size", "device", "seed", "views", "holdout", "pose_refine")
+
+
+def recon_config(quality: str = "standard", **overrides: Any):
+    """The :class:`~viewforge.engine.recon.ReconConfig` of a quality preset, with ``overrides``
+    (any ReconConfig field; ``None`` values are ignored) applied on top."""
+    from .recon import ReconConfig
+
+    if quality not in QUALITY_PRESETS:
+        raise InputError(f"unknown quality '{quality}'", f"use one of {', '.join(QUALITY_PRESETS)}")
+    preset = asdict(QUALITY_PRESETS[quality])
+    names = {f.name for f in fields(ReconConfig)}
+    unknown = sorted(k for k in overrides if k not in names)
+    if unknown:
+        raise InputError(f"unknown reconstruction option(s) {', '.join(unknown)}", f"use {', '.join(sorted(names))}")
+    values = {**preset, **{k: v for k, v in overrides.items() if v is not None}}
+    return replace(ReconConfig(), **{k: v for k, v in values.items() if k in names})
+
+
+# ---------------------------------------------------------------------------------------------
+# Job descriptions and job functions
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job. kind: a key of :data:`JOB_FUNCTIONS`; input: its input (a transforms.json or its
+    folder for ``reconstruct``, an image for ``generate``); output: the file to write (its suffix
+    picks the format); options: plain values (for ``reconstruct``: ``quality`` plus ReconConfig
+    fields); name: a label for progress and summaries."""
+
+    kind: str
+    input: str
+    output: str
+    options: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "input": str(self.input), "output": str(self.output), "options": dict(self.options), "name": self.name}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "JobSpec":
+        return cls(d["kind"], d["input"], d["output"], dict(d.get("options") or {}), d.get("name", ""))
+
+
+@dataclass
+class JobResult:
+    """What a job wrote: the output file, its metrics (DESIGN.md metrics keys where they apply)
+    and a one-line summary."""
+
+    output: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output": str(self.output), "metrics": self.metrics, "summary": self.summary}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "JobResult":
+        return cls(d["output"], dict(d.get("metrics") or {}), d.get("summary", ""))
+
+
+JobFunction = Callable[[JobSpec, "ProgressCallback | None", "CancelToken | None"], JobResult]
+
+
+def reconstruct_job(spec: JobSpec, progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> JobResult:
+    """Posed set (``spec.input``) -> ``spec.output`` (.glb mesh, or .ply splats) with
+    :func:`~viewforge.engine.recon.reconstruct`, configured by the quality preset and options."""
+    from .recon import reconstruct
+
+    opts = dict(spec.options)
+    unknown = sorted(set(opts) - set(RECON_OPTIONS))
+    if unknown:
+        raise InputError(f"unknown reconstruction option(s) {', '.join(unknown)}", f"use {', '.join(RECON_OPTIONS)}")
+    cfg = recon_config(opts.pop("quality", "standard"), **opts)
+    res = reconstruct(spec.input, spec.output, cfg, progress=progress, cancel=cancel)
+    m = res.metrics
+    what = f"{m['num_faces']} faces" if m.get("num_faces") else f"{m.get('num_gaussians')} Gaussians"
+    seconds = sum((m.get("seconds") or {}).values())
+    return JobResult(str(res.output), m, f"{what} from {m.get('views')} views in {seconds:.0f} s")
+
+
+#: Message of the ``generate`` job until the generator lands (DESIGN.md, "Generate from one image").
+GENERATE_UNAVAILABLE = "generating a mesh from one image is not available in this version of Viewforge"
+
+
+def generate_job(spec: JobSpec, progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> JobResult:
+    """One image -> a textured mesh. Not available yet: raises a clear :class:`DependencyError`."""
+    raise _errors.DependencyError(
+        f"{Path(spec.input).name}: {GENERATE_UNAVAILABLE}",
+        "reconstruct from photos with cameras (a transforms.json or Blender cameras with photos) instead",
+    )
+
+
+#: kind -> job function. Entries may also be ``"package.module:function"`` strings (imported in
+#: the worker; used by tests and plug-ins).
+JOB_FUNCTIONS: dict[str, JobFunction] = {"reconstruct": reconstruct_job, "generate": generate_job}
+
+
+def job_function(kind: str) -> JobFunction:
+    """The function that runs jobs of ``kind`` (a registered name or ``module:function``)."""
+    if kind in JOB_FUNCTIONS:
+        return JOB_FUNCTIONS[kind]
+    if ":" in kind:
+        import importlib
+
+        mod, _, name = kind.partition(":")
+        return getattr(importlib.import_module(mod), name)
+    raise InputError(f"unknown job kind '{kind}'", f"use one of {', '.join(JOB_FUNCTIONS)}")
+
+
+def run_job(spec: JobSpec, progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> JobResult:
+    """Run a job in this process (the worker calls this; so can scripts that want no process)."""
+    return job_function(spec.kind)(spec, progress, cancel)
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker process
+# ---------------------------------------------------------------------------------------------
+
+
+def error_from_message(class_name: str, message: str, fix: str) -> ViewforgeError:
+    """Rebuild a typed engine error from the worker's ``("error", class, message, fix)``."""
+    cls = getattr(_errors, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ViewforgeError)) or cls is Cancelled:
+        cls = ViewforgeError
+    err = cls.__new__(cls)
+    ViewforgeError.__init__(err, message, fix)
+    return err
+
+
+def worker_main(spec: dict[str, Any], conn: Any, cancel_event: Any) -> None:
+    """Entry point of the worker process: run the job, send progress and one final message."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    logging.basicConfig(level=logging.WARNING, format="viewforge worker: %(levelname)s: %(name)s: %(message)s")
+    cancel = CancelToken(cancel_event)
+    last = {"t": 0.0, "stage": None}
+
+    def progress(ev: ProgressEvent) -> None:
+        now = time.monotonic()
+        if ev.stage == last["stage"] and ev.fraction < 1.0 and now - last["t"] < PROGRESS_INTERVAL_S:
+            return
+        last.update(t=now, stage=ev.stage)
+        conn.send(("progress", ev.stage, float(ev.fraction), ev.message))
+        cancel.check()
+
+    try:
+        result = run_job(JobSpec.from_dict(spec), progress, cancel)
+        msg: tuple = ("done", result.to_dict())
+    except Cancelled:
+        msg = ("cancelled",)
+    except ViewforgeError as e:
+        msg = ("error", type(e).__name__, e.message, e.fix)
+    except MemoryError:
+        msg = ("error", "ResourceError", "the job ran out of memory", "choose a lower quality preset or fewer cameras")
+    except BaseException as e:  # noqa: BLE001  (reported to the parent; the traceback goes to stderr)
+        import traceback
+
+        traceback.print_exc()
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if "out of memory" in text.lower():
+            msg = ("error", "ResourceError", f"the job ran out of memory ({text[:200]})", "choose a lower quality preset or fewer cameras")
+        else:
+            msg = ("error", "ViewforgeError", f"unexpected error in the job: {type(e).__name__}: {text[:300]}",
+                   "please report it with the console output (Window > Toggle System Console)")
+    conn.send(msg)
+    conn.close()
+
+
+@contextlib.contextmanager
+def _spawn_environment(extra_path: str | None) -> Iterator[None]:
+    """While a spawn child is started: no ``__main__`` for it to re-run (Blender's or a script's
+    would import bpy in the child) and, inside Blender, the extension's parent folder on its path."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    if extra_path:
+        sys.path.insert(0, extra_path)
+    try:
+        yield
+    finally:
+        if extra_path and sys.path and sys.path[0] == extra_path:
+            sys.path.pop(0)
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
+def _worker_module() -> tuple[str, str | None]:
+    """``(module the child runs, folder to add to its sys.path or None)``."""
+    package = __name__.rsplit(".", 2)[0]  # "viewforge", or "bl_ext.<repo>.viewforge" in Blender
+    if package == "viewforge":
+        return "viewforge.engine.worker", None
+    root = Path(__file__).resolve().parents[1]  # the extension folder, named after its id
+    return f"{root.name}.engine.worker", str(root.parent)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "did not stop"
+    if code < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {code}"
+
+
+class JobProcess:
+    """One job in a spawned worker process. Not thread-safe: call from one thread (Blender's main
+    thread). ``state`` is "running", "done", "failed" or "cancelled"; ``stage``, ``fraction`` and
+    ``message`` are the latest progress; ``result`` (:class:`JobResult`) or ``error``
+    (:class:`ViewforgeError`) are set when it ends."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        import multiprocessing as mp
+
+        self.spec = spec
+        self.state = "running"
+        self.stage = "start"
+        self.fraction = 0.0
+        self.message = "starting the worker"
+        self.result: JobResult | None = None
+        self.error: ViewforgeError | None = None
+        self.started = time.monotonic()
+        self._cancel_at: float | None = None
+        ctx = mp.get_context("spawn")
+        self._event = ctx.Event()
+        recv, send = ctx.Pipe(duplex=False)
+        self._conn = recv
+        module, extra_path = _worker_module()
+        import runpy
+
+        self._process = ctx.Process(
+            target=runpy.run_module,
+            args=(module,),
+            kwargs={"init_globals": {"WORKER_ARGS": (spec.to_dict(), send, self._event)}, "run_name": "__viewforge_worker__"},
+            name=f"viewforge-{spec.kind}",
+            daemon=True,
+        )
+        with _spawn_environment(extra_path):
+            self._process.start()
+        send.close()  # the child holds the only write end: EOF when it dies
+        log.info("started %s job in worker pid %s", spec.kind, self._process.pid)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
+    def done(self) -> bool:
+        return self.state != "running"
+
+    @property
+    def cancelling(self) -> bool:
+        return self._cancel_at is not None and self.state == "running"
+
+    def cancel(self) -> None:
+        """Ask the job to stop; it is killed if it has not stopped :data:`CANCEL_GRACE_S` later."""
+        if self.state == "running" and self._cancel_at is None:
+            self._cancel_at = time.monotonic()
+            self._event.set()
+            self.message = "cancelling"
+
+    def kill(self) -> None:
+        """Stop the worker now (no clean-up in the child; outputs are atomic, so nothing is left)."""
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join(5)
+
+    def _finish(self, state: str, result: JobResult | None = None, error: ViewforgeError | None = None) -> None:
+        self.state, self.result, self.error = state, result, error
+        self.fraction = 1.0 if state == "done" else self.fraction
+        with contextlib.suppress(Exception):
+            self._conn.close()
+        self._process.join(CANCEL_GRACE_S)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
+
+    def _handle(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "progress":
+            _, self.stage, self.fraction, self.message = msg
+        elif kind == "done":
+            self._finish("done", result=JobResult.from_dict(msg[1]))
+        elif kind == "cancelled":
+            self._finish("cancelled", error=Cancelled())
+        elif kind == "error":
+            self._finish("failed", error=error_from_message(*msg[1:4]))
+
+    def poll(self) -> bool:
+        """Read what the worker sent, enforce the cancel deadline, notice a dead worker.
+        Never blocks. Returns True while the job is running."""
+        if self.state != "running":
+            return False
+        try:
+            while self.state == "running" and self._conn.poll():
+                self._handle(self._conn.recv())
+        except (EOFError, OSError):  # the child is gone (or died mid-message)
+            pass
+        if self.state != "running":
+            return False
+        if self._cancel_at is not None and time.monotonic() - self._cancel_at > CANCEL_GRACE_S:
+            self.kill()
+            self._finish("cancelled", error=Cancelled("cancelled by the user (the worker was stopped)"))
+            return False
+        if not self._process.is_alive():
+            self._process.join(1)
+            if self._cancel_at is not None:
+                self._finish("cancelled", error=Cancelled())
+            else:
+                self._finish(
+                    "failed",
+                    error=ResourceError(
+                        f"the worker process {_describe_exit(self._process.exitcode)} before the job finished; nothing was changed",
+                        "choose a lower quality preset or fewer cameras, or see the console for the crash",
+                    ),
+                )
+            return False
+        return True
+
+    def wait(self, timeout: float | None = None, interval: float = 0.05, on_progress: Callable[["JobProcess"], None] | None = None) -> bool:
+        """Poll until the job ends (or ``timeout`` seconds); returns True when it ended.
+        Ctrl-C cancels the job and waits for it to stop."""
+        end = None if timeout is None else time.monotonic() + timeout
+        try:
+            while self.poll():
+                if on_progress is not None:
+                    on_progress(self)
+                if end is not None and time.monotonic() > end:
+                    return False
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            self.cancel()
+            while self.poll():
+                time.sleep(interval)
+        return True
+
+    def raise_for_error(self) -> JobResult:
+        """The result, or raise the job's error (:class:`Cancelled` when cancelled)."""
+        if self.state == "running":
+            raise RuntimeError("the job is still running")
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+__all__ = [
+    "CANCEL_GRACE_S",
+    "GENERATE_UNAVAILABLE",
+    "JOB_FUNCTIONS",
+    "JobProcess",
+    "JobResult",
+    "JobSpec",
+    "QUALITY_PRESETS",
+    "QualityPreset",
+    "error_from_message",
+    "generate_job",
+    "job_function",
+    "recon_config",
+    "reconstruct_job",
+    "run_job",
+    "worker_main",
+]

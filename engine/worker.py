@@ -1,0 +1,13 @@
+"""Body of the job worker process (see :class:`viewforge.engine.jobs.JobProcess`).
+
+The parent starts ``runpy.run_module("<package>.engine.worker", init_globals={"WORKER_ARGS": ...},
+run_name="__viewforge_worker__")`` in a spawned process; importing this module normally does
+nothing. It never imports bpy.
+"""
+
+from __future__ import annotations
+
+if __name__ == "__viewforge_worker__":
+    from .jobs import worker_main
+
+    worker_main(*WORKER_ARGS)  # type: ignore[name-defined]  # noqa: F821  (set by runpy's init_globals)

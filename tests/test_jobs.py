@@ -1,0 +1,205 @@
+"""Jobs (engine/jobs.py): quality presets, job specs, and the spawned worker process with progress,
+cancel, a hard kill and crash reporting. No bpy."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from viewforge.engine import jobs
+from viewforge.engine.cameras import Camera, look_at
+from viewforge.engine.errors import Cancelled, DependencyError, InputError, ResourceError
+from viewforge.engine.io.posed import write_posed_set
+from viewforge.engine.io.types import PosedSet
+from viewforge.engine.recon import ReconConfig
+
+#: Small enough that a fit runs in a second or two on one CPU core.
+TINY = {"resolution": 32, "iterations": 30, "device": "cpu"}
+
+
+def sphere_posed_set(out_dir: Path, n: int = 8, size: int = 32, radius: float = 0.6, centre=(0.0, 0.0, 0.0)) -> Path:
+    """A posed set of a coloured sphere (ray-traced analytically: RGBA, alpha = coverage) seen
+    from ``n`` cameras on a ring at 30 degrees elevation; returns the transforms.json path."""
+    centre = np.asarray(centre, float)
+    cams, images, masks = [], [], []
+    f = size / (2 * math.tan(math.radians(40) / 2))
+    for i in range(n):
+        a = 2 * math.pi * i / n
+        eye = centre + 3.0 * np.array([math.cos(a) * math.cos(0.5), math.sin(a) * math.cos(0.5), math.sin(0.5)])
+        cam = Camera(f, f, size / 2, size / 2, size, size, look_at(eye, centre), name=f"cam{i}")
+        v, u = np.mgrid[0:size, 0:size] + 0.5
+        d_cam = np.stack([(u - cam.cx) / cam.fx, (v - cam.cy) / cam.fy, np.ones_like(u)], -1)
+        d = d_cam @ cam.R  # camera -> world directions (rows)
+        d /= np.linalg.norm(d, axis=-1, keepdims=True)
+        oc = eye - centre
+        b = d @ oc
+        disc = b * b - (oc @ oc - radius * radius)
+        hit = disc > 0
+        t = -b - np.sqrt(np.maximum(disc, 0))
+        p = eye + t[..., None] * d
+        nrm = (p - centre) / radius
+        rgb = np.clip(0.5 + 0.5 * nrm, 0, 1) * hit[..., None]
+        cams.append(cam)
+        images.append(rgb.astype(np.float32))
+        masks.append(hit.astype(np.float32))
+    return write_posed_set(PosedSet(cams, images, masks, [c.name for c in cams]), out_dir) / "transforms.json"
+
+
+@pytest.fixture(scope="module")
+def sphere_set(tmp_path_factory) -> Path:
+    return sphere_posed_set(tmp_path_factory.mktemp("jobs") / "sphere")
+
+
+# --- job functions used by the worker tests (imported by name in the child) -------------------
+
+
+def sleepy_job(spec, progress, cancel):
+    """Reports progress forever, checking the cancel token (a well-behaved long job)."""
+    i = 0
+    while True:
+        progress(jobs.ProgressEvent("sleep", (i % 100) / 100, f"tick {i}"))
+        cancel.check()
+        time.sleep(0.02)
+        i += 1
+
+
+def stubborn_job(spec, progress, cancel):
+    """Never checks the cancel token (a job stuck in native code): must be killed."""
+    progress(jobs.ProgressEvent("stuck", 0.0, "stuck"))
+    time.sleep(60)
+
+
+def crashing_job(spec, progress, cancel):
+    progress(jobs.ProgressEvent("crash", 0.5, "about to die"))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_presets_map_to_recon_config():
+    draft, std, high = (jobs.recon_config(q) for q in ("draft", "standard", "high"))
+    assert isinstance(draft, ReconConfig)
+    for cfg, preset in zip((draft, std, high), (jobs.QUALITY_PRESETS[q] for q in ("draft", "standard", "high"))):
+        assert (cfg.resolution, cfg.iterations, cfg.faces, cfg.texture_size) == (
+            preset.resolution, preset.iterations, preset.faces, preset.texture_size)
+    # every number grows with quality
+    for key in ("resolution", "iterations", "faces", "texture_size"):
+        assert getattr(draft, key) < getattr(std, key) < getattr(high, key), key
+    cfg = jobs.recon_config("draft", iterations=7, seed=3, resolution=None)
+    assert (cfg.iterations, cfg.seed, cfg.resolution) == (7, 3, draft.resolution)
+    with pytest.raises(InputError, match="unknown quality 'ultra'"):
+        jobs.recon_config("ultra")
+    with pytest.raises(InputError, match="unknown reconstruction option"):
+        jobs.recon_config("draft", bogus=1)
+
+
+def test_spec_round_trip_and_unknown_kind():
+    spec = jobs.JobSpec("reconstruct", "/a/transforms.json", "/b/out.glb", {"quality": "draft", "seed": 2}, "a")
+    assert jobs.JobSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(InputError, match="unknown job kind 'nope'"):
+        jobs.job_function("nope")
+    assert jobs.job_function("test_jobs:sleepy_job") is sleepy_job
+
+
+def test_generate_job_reports_unavailable():
+    with pytest.raises(DependencyError, match="not available in this version") as e:
+        jobs.run_job(jobs.JobSpec("generate", "/x/cat.png", "/x/cat.glb"))
+    assert "cat.png" in str(e.value) and "Fix:" in str(e.value)
+
+
+def test_error_from_message_keeps_the_type():
+    err = jobs.error_from_message("ResourceError", "out of memory", "lower it")
+    assert isinstance(err, ResourceError) and str(err) == "out of memory. Fix: lower it."
+    assert type(jobs.error_from_message("NotAnError", "m", "f")) is jobs.ViewforgeError
+
+
+def test_worker_runs_a_reconstruction_with_progress(sphere_set, tmp_path):
+    out = tmp_path / "sphere.ply"
+    job = jobs.JobProcess(jobs.JobSpec("reconstruct", str(sphere_set), str(out), {"quality": "draft", **TINY}))
+    stages = []
+    assert job.wait(timeout=120, on_progress=lambda j: stages.append((j.stage, j.fraction)))
+    assert job.state == "done", job.error
+    res = job.raise_for_error()
+    assert Path(res.output) == out and out.is_file() and out.stat().st_size > 1000
+    assert res.metrics["views"] == 8 and res.metrics["iterations"] == 30
+    assert {"load", "fit"} <= {s for s, _ in stages}
+    assert all(0.0 <= f <= 1.0 for _, f in stages)
+    assert not job._process.is_alive()
+
+
+def test_worker_reports_bad_input_as_typed_error(tmp_path):
+    job = jobs.JobProcess(jobs.JobSpec("reconstruct", str(tmp_path / "missing.json"), str(tmp_path / "o.ply"), TINY))
+    assert job.wait(timeout=60)
+    assert job.state == "failed" and isinstance(job.error, InputError)
+    assert "Fix:" in str(job.error)
+    assert not (tmp_path / "o.ply").exists()
+
+
+def test_cancel_stops_a_cooperative_job_quickly():
+    job = jobs.JobProcess(jobs.JobSpec("test_jobs:sleepy_job", "", ""))
+    deadline = time.monotonic() + 30
+    while job.stage != "sleep" and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.02)
+    assert job.stage == "sleep" and job.message.startswith("tick")
+    t = time.monotonic()
+    job.cancel()
+    assert job.cancelling
+    assert job.wait(timeout=10)
+    assert time.monotonic() - t < 1.0  # cooperative: well within the 2 s grace
+    assert job.state == "cancelled" and isinstance(job.error, Cancelled)
+    assert job._process.exitcode == 0  # it stopped by itself
+    with pytest.raises(Cancelled):
+        job.raise_for_error()
+
+
+def test_cancel_kills_a_job_that_does_not_stop():
+    job = jobs.JobProcess(jobs.JobSpec("test_jobs:stubborn_job", "", ""))
+    deadline = time.monotonic() + 30
+    while job.stage != "stuck" and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.02)
+    assert job.stage == "stuck"
+    t = time.monotonic()
+    job.cancel()
+    assert job.wait(timeout=10)
+    elapsed = time.monotonic() - t
+    assert jobs.CANCEL_GRACE_S <= elapsed < jobs.CANCEL_GRACE_S + 1.5
+    assert job.state == "cancelled" and not job._process.is_alive()
+    assert job._process.exitcode == -signal.SIGKILL
+
+
+def test_a_worker_crash_is_an_error_not_a_hang():
+    job = jobs.JobProcess(jobs.JobSpec("test_jobs:crashing_job", "", ""))
+    assert job.wait(timeout=30)
+    assert job.state == "failed" and isinstance(job.error, ResourceError)
+    assert "killed by SIGKILL" in str(job.error) and "Fix:" in str(job.error)
+
+
+def test_worker_runs_without_the_parents_main_module(tmp_path):
+    """A script run as __main__ (like a Blender --python script) is not re-run in the worker."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "ran"
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import pathlib, sys\n"
+        f"pathlib.Path({str(marker)!r}).write_text(__name__ + '\\n') if __name__ != '__main__' else None\n"
+        "from viewforge.engine.jobs import JobProcess, JobSpec\n"
+        "if __name__ == '__main__':\n"
+        "    j = JobProcess(JobSpec('generate', 'a.png', 'a.glb'))\n"
+        "    j.wait(timeout=30)\n"
+        "    print(j.state)\n"
+    )
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "failed"
+    assert not marker.exists()  # the child never imported the script
