@@ -341,3 +341,39 @@ def composite_torch_tiled(proj: Projected, feats: Tensor, opac: Tensor, width: i
         renders.append(img + tmap[..., None] * bgt[c])
         alphas.append((1.0 - tmap)[..., None])
     return torch.stack(renders), torch.stack(alphas)
+
+
+def render_median_depth(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmat: Tensor,
+                        K: Tensor, width: int, height: int, tile_size: int = 16,
+                        front_sigmas: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Median depth (H, W) float32 (inf where the transmittance stays above 0.5) and alpha
+    (H, W) of one camera, on the CPU with our kernels whatever the device (surface extraction
+    only: no gradients). means (N, 3), quats (N, 4), scales (N, 3) activated, opacities (N,)
+    activated, viewmat (4, 4), K (3, 3). ``front_sigmas``: each Gaussian's depth is taken
+    that many standard deviations (along its viewing ray) in front of its centre."""
+    from . import _numba_kernels as Kn
+
+    with torch.no_grad():
+        cpu = lambda x: x.detach().to("cpu", torch.float32)  # noqa: E731
+        cov = covariances(cpu(quats), cpu(scales))
+        proj = project_gaussians(cpu(means), cov, cpu(viewmat)[None], cpu(K)[None], width, height)
+        depth = proj.depths[0]
+        if front_sigmas:
+            vm = cpu(viewmat)
+            ray = cpu(means) - (-vm[:3, :3].T @ vm[:3, 3])  # camera centre -> Gaussian, world
+            ray = ray / ray.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            sd = torch.einsum("ni,nij,nj->n", ray, cov, ray).clamp_min(0).sqrt()
+            cos = (ray @ vm[2, :3]).clamp_min(1e-3)  # depth change per unit along the ray
+            depth = depth - front_sigmas * sd * cos
+    tiles_x = (width + tile_size - 1) // tile_size
+    tiles_y = (height + tile_size - 1) // tile_size
+    m2 = proj.means2d[0].numpy()
+    dep = depth.numpy()
+    rad = proj.radii[0].to(torch.int32).numpy()
+    order = np.argsort(dep, kind="stable").astype(np.int32)
+    offsets, ids = Kn.bin_tiles(m2, rad, order, tile_size, tiles_x, tiles_y)
+    out_d = np.empty((height, width), np.float32)
+    out_t = np.empty((height, width), np.float32)
+    Kn.median_depth(m2, proj.conics[0].numpy(), cpu(opacities).numpy(), rad, dep, offsets, ids, width, height,
+                    tile_size, tiles_x, out_d, out_t)
+    return out_d, 1.0 - out_t

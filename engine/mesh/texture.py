@@ -1,0 +1,168 @@
+"""UV unwrapping (xatlas) and base-colour baking from posed images.
+
+A texel's colour is the weighted mean of the images that see its surface point: visible (the
+image's z-buffer of the mesh agrees with the point's depth), inside the image's mask, weighted
+by cos(viewing angle)^power. Photos take precedence; texels no photo sees take the splat renders'
+colour; texels nothing sees, and the gutter between UV charts, are filled by push-pull
+(docs/mesh.md)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..cameras import Camera
+from ..errors import MeshError
+from ..progress import CancelToken, ProgressCallback, check, report
+from .raster import interpolate, rasterize_mesh, rasterize_uv, sample_bilinear
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BakeView:
+    """One image to bake from: camera, rgb (H, W, 3) float in [0, 1], optional mask (H, W)."""
+
+    camera: Camera
+    rgb: np.ndarray
+    mask: np.ndarray | None = None
+
+
+def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: int = 4):
+    """xatlas UV atlas. Returns (vmapping (V',) index of each new vertex in ``vertices``, faces
+    (F, 3) into the new vertices, uvs (V', 2)); vertices are split along seams; uvs' origin is
+    the bottom-left (Mesh convention)."""
+    import xatlas
+
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.ascontiguousarray(vertices, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.uint32))
+    pack = xatlas.PackOptions()
+    pack.resolution = int(texture_size)
+    pack.padding = int(padding)
+    pack.bilinear = True
+    atlas.generate(xatlas.ChartOptions(), pack)
+    vmapping, indices, uvs = atlas[0]
+    # xatlas' v runs down the image; ours runs up
+    uvs = np.asarray(uvs, dtype=np.float64).copy()
+    uvs[:, 1] = 1.0 - uvs[:, 1]
+    return np.asarray(vmapping, dtype=np.int64), np.asarray(indices, dtype=np.int64), uvs
+
+
+def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    n = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-20)
+
+
+def _accumulate(points, normals, views: list[BakeView], vertices, faces, tol: float, power: float,
+                progress, cancel, stage: str) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted colour sum (N, 3) and weight (N,) over the views for surface points (N, 3)."""
+    acc = np.zeros((len(points), 3))
+    wsum = np.zeros(len(points))
+    for k, view in enumerate(views):
+        check(cancel)
+        cam = view.camera.without_distortion()
+        frags = rasterize_mesh(vertices, faces, cam)
+        xy, z = cam.project(points)
+        ok = (z > 1e-6) & (xy[:, 0] >= 0) & (xy[:, 0] < cam.width) & (xy[:, 1] >= 0) & (xy[:, 1] < cam.height)
+        idx = np.nonzero(ok)[0]
+        px = xy[idx, 0].astype(np.int64)
+        py = xy[idx, 1].astype(np.int64)
+        zbuf = frags.depth[py, px]
+        vis = np.abs(zbuf - z[idx]) <= tol + 0.002 * z[idx]
+        if view.mask is not None:
+            vis &= sample_bilinear(view.mask[..., None].astype(np.float32), xy[idx])[:, 0] > 0.5
+        idx = idx[vis]
+        if not len(idx):
+            continue
+        to_cam = cam.center[None, :] - points[idx]
+        to_cam /= np.maximum(np.linalg.norm(to_cam, axis=1, keepdims=True), 1e-20)
+        cos = np.abs(np.einsum("nc,nc->n", normals[idx], to_cam))
+        w = np.clip(cos, 0.0, 1.0) ** power
+        acc[idx] += w[:, None] * sample_bilinear(view.rgb.astype(np.float32), xy[idx])
+        wsum[idx] += w
+        report(progress, stage, k + 1, len(views), f"view {k + 1}/{len(views)}")
+    return acc, wsum
+
+
+def push_pull_fill(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Fill invalid pixels of ``image`` (H, W, C) from valid ones (H, W) by a push-pull pyramid
+    (averages of valid pixels at coarser levels, pulled back up). Valid pixels keep their value."""
+    import cv2
+
+    img = image.astype(np.float32)
+    w = valid.astype(np.float32)
+    levels = [(img * w[..., None], w)]
+    while min(levels[-1][1].shape) > 1:
+        c, wt = levels[-1]
+        h, wd = wt.shape
+        hh, ww = (h + 1) // 2, (wd + 1) // 2
+        cp = np.zeros((hh * 2, ww * 2, c.shape[2]), np.float32)
+        wp = np.zeros((hh * 2, ww * 2), np.float32)
+        cp[:h, :wd], wp[:h, :wd] = c, wt
+        c2 = cp.reshape(hh, 2, ww, 2, -1).sum((1, 3))
+        w2 = wp.reshape(hh, 2, ww, 2).sum((1, 3))
+        levels.append((c2, w2))
+    c, wt = levels[-1]
+    cur = c / np.maximum(wt, 1e-8)[..., None]
+    for c, wt in reversed(levels[:-1]):
+        h, wd = wt.shape
+        up = cv2.resize(cur, (cur.shape[1] * 2, cur.shape[0] * 2), interpolation=cv2.INTER_LINEAR)
+        up = up.reshape(up.shape[0], up.shape[1], -1)[:h, :wd]
+        own = c / np.maximum(wt, 1e-8)[..., None]
+        a = np.clip(wt, 0.0, 1.0)[..., None]
+        cur = own * a + up * (1 - a)
+    out = cur.reshape(image.shape).astype(np.float32)
+    out[valid] = image[valid]
+    return out
+
+
+def bake_texture(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    uvs: np.ndarray,
+    texture_size: int,
+    photos: list[BakeView],
+    renders: list[BakeView] | None = None,
+    *,
+    tolerance: float = 0.01,
+    power: float = 4.0,
+    min_weight: float = 0.02,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Bake a (size, size, 3) uint8 base-colour texture. ``tolerance``: depth agreement (world
+    units, plus 0.2 % of the depth) for a view to count as seeing a point. Returns the texture
+    and coverage fractions {"photo", "render", "filled"} of the texels on the surface."""
+    frags = rasterize_uv(uvs, faces, texture_size)
+    m = frags.mask
+    if not m.any():
+        raise MeshError("the UV atlas covers no texel", "raise the texture size")
+    points = interpolate(frags, faces, np.asarray(vertices, dtype=np.float64))
+    normals = face_normals(np.asarray(vertices, dtype=np.float64), faces)[frags.face_id[m]]
+    acc, wsum = _accumulate(points, normals, photos, vertices, faces, tolerance, power, progress, cancel, "bake")
+    colour = acc / np.maximum(wsum, 1e-12)[:, None]
+    from_photo = wsum > min_weight
+    need = ~from_photo
+    from_render = np.zeros_like(need)
+    if renders and need.any():
+        sub = np.nonzero(need)[0]
+        acc2, w2 = _accumulate(points[sub], normals[sub], renders, vertices, faces, tolerance, power, progress,
+                               cancel, "bake_renders")
+        got = w2 > 1e-6
+        colour[sub[got]] = acc2[got] / w2[got, None]
+        from_render[sub[got]] = True
+    known = from_photo | from_render
+    tex = np.zeros((texture_size, texture_size, 3), np.float32)
+    valid = np.zeros((texture_size, texture_size), bool)
+    ys, xs = np.nonzero(m)
+    tex[ys[known], xs[known]] = colour[known]
+    valid[ys[known], xs[known]] = True
+    if not valid.any():
+        raise MeshError("no image sees the mesh's surface", "check the cameras: the mesh is not in their view")
+    tex = push_pull_fill(tex, valid)
+    n = float(m.sum())
+    stats = {"photo": float(from_photo.sum()) / n, "render": float(from_render.sum()) / n,
+             "filled": float((~known).sum()) / n}
+    return (np.clip(tex, 0, 1) * 255 + 0.5).astype(np.uint8), stats
