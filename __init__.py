@@ -5,6 +5,7 @@ This file only registers the extension. It imports nothing from bpy at module le
 """
 
 _REGISTERED: list[type] = []
+_SITE_PACKAGES: list[str] = []
 
 
 def _ui_classes() -> list[type]:
@@ -17,21 +18,30 @@ def register() -> None:
     import bpy
 
     from . import operators, panels
+    from .bridge import deps, jobs
 
+    entry = deps.add_to_path()  # engine dependencies installed from the preferences
+    if entry:
+        _SITE_PACKAGES.append(entry)
     for cls in _ui_classes():
         bpy.utils.register_class(cls)
         _REGISTERED.append(cls)
     operators.register_properties()
     panels.register_menus()
+    jobs.register_handlers()
 
 
 def unregister() -> None:
     import bpy
 
     from . import operators, panels
+    from .bridge import deps, jobs
 
+    jobs.unregister_handlers()  # stops a running job (its result is not imported)
     panels.unregister_menus()
     operators.unregister_properties()
     for cls in reversed(_REGISTERED):
         bpy.utils.unregister_class(cls)
     _REGISTERED.clear()
+    while _SITE_PACKAGES:
+        deps.remove_from_path(_SITE_PACKAGES.pop())

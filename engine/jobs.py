@@ -155,6 +155,8 @@ def reconstruct_job(spec: JobSpec, progress: ProgressCallback | None = None, can
     return JobResult(str(res.output), m, f"{what} from {m.get('views')} views in {seconds:.0f} s")
 
 
+#: Whether the ``generate`` job can run (False until the generator lands; the operator's poll uses it).
+GENERATE_AVAILABLE = False
 #: Message of the ``generate`` job until the generator lands (DESIGN.md, "Generate from one image").
 GENERATE_UNAVAILABLE = "generating a mesh from one image is not available in this version of Viewforge"
 
@@ -204,8 +206,10 @@ def error_from_message(class_name: str, message: str, fix: str) -> ViewforgeErro
     return err
 
 
-def worker_main(spec: dict[str, Any], conn: Any, cancel_event: Any) -> None:
-    """Entry point of the worker process: run the job, send progress and one final message."""
+def worker_main(spec: dict[str, Any], conn: Any, cancel_event: Any, env: dict[str, str] | None = None) -> None:
+    """Entry point of the worker process: set ``env`` (model cache, offline mode), run the job,
+    send progress and one final message."""
+    os.environ.update(env or {})
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.WARNING, format="viewforge worker: %(levelname)s: %(name)s: %(message)s")
     cancel = CancelToken(cancel_event)
@@ -289,7 +293,9 @@ class JobProcess:
     ``message`` are the latest progress; ``result`` (:class:`JobResult`) or ``error``
     (:class:`ViewforgeError`) are set when it ends."""
 
-    def __init__(self, spec: JobSpec) -> None:
+    def __init__(self, spec: JobSpec, env: dict[str, str] | None = None) -> None:
+        """Start the worker for ``spec``; ``env``: environment variables set in the worker only
+        (e.g. ``HF_HOME``, ``HF_HUB_OFFLINE``)."""
         import multiprocessing as mp
 
         self.spec = spec
@@ -311,7 +317,7 @@ class JobProcess:
         self._process = ctx.Process(
             target=runpy.run_module,
             args=(module,),
-            kwargs={"init_globals": {"WORKER_ARGS": (spec.to_dict(), send, self._event)}, "run_name": "__viewforge_worker__"},
+            kwargs={"init_globals": {"WORKER_ARGS": (spec.to_dict(), send, self._event, dict(env or {}))}, "run_name": "__viewforge_worker__"},
             name=f"viewforge-{spec.kind}",
             daemon=True,
         )
@@ -426,6 +432,7 @@ class JobProcess:
 
 __all__ = [
     "CANCEL_GRACE_S",
+    "GENERATE_AVAILABLE",
     "GENERATE_UNAVAILABLE",
     "JOB_FUNCTIONS",
     "JobProcess",

@@ -1,25 +1,155 @@
-"""Scene-level Viewforge settings (``scene.viewforge``), shown in the sidebar panel."""
+"""Viewforge settings: per scene (``scene.viewforge``, the sidebar panel) and the add-on preferences.
+
+Properties only; the panel (:mod:`viewforge.panels.main`) draws them and the operators read them.
+"""
 
 from __future__ import annotations
 
 import bpy
-from bpy.props import BoolProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, PointerProperty, StringProperty
+
+#: The extension's package name (``bl_idname`` of its preferences): "viewforge" in a development
+#: checkout, "bl_ext.<repository>.viewforge" when installed as an extension.
+ADDON_ID = __package__.rsplit(".", 1)[0]
+
+_DEVICES = [
+    ("AUTO", "Automatic", "CUDA if present, else Apple Metal (MPS), else the CPU"),
+    ("CPU", "CPU", "Run on the CPU (slowest, works everywhere)"),
+    ("CUDA", "CUDA", "Run on an NVIDIA GPU"),
+    ("MPS", "Apple Metal", "Run on an Apple silicon GPU"),
+]
 
 
 class ViewforgeSettings(bpy.types.PropertyGroup):
     """Per-scene options of the Viewforge panel."""
 
+    mode: EnumProperty(  # type: ignore[valid-type]
+        name="Mode",
+        items=[
+            ("RECONSTRUCT", "Reconstruct", "Reconstruct a mesh from the photos of the scene's cameras", "CAMERA_DATA", 0),
+            ("GENERATE", "Generate", "Generate a mesh from one image", "IMAGE_DATA", 1),
+        ],
+        default="RECONSTRUCT",
+    )
+    # --- Generate from image
+    image_source: EnumProperty(  # type: ignore[valid-type]
+        name="Image From",
+        items=[("FILE", "File", "An image file on disk"), ("EDITOR", "Image", "An image loaded in Blender (Image Editor)")],
+        default="FILE",
+    )
+    image_path: StringProperty(name="Image File", subtype="FILE_PATH", default="")  # type: ignore[valid-type]
+    image: PointerProperty(name="Image", type=bpy.types.Image)  # type: ignore[valid-type]
+    # --- Reconstruct from cameras
     selected_only: BoolProperty(  # type: ignore[valid-type]
         name="Selected Cameras Only",
         description="Use only the selected cameras (export, reconstruction) instead of all cameras in the scene",
         default=False,
     )
+    photo_source: EnumProperty(  # type: ignore[valid-type]
+        name="Photos From",
+        items=[
+            ("BACKGROUND", "Background Images", "Each camera's first background image"),
+            ("FOLDER", "Folder", "A folder with one photo per camera, named after the camera"),
+        ],
+        default="BACKGROUND",
+    )
+    photo_folder: StringProperty(name="Photo Folder", subtype="DIR_PATH", default="")  # type: ignore[valid-type]
+    # --- Job options
+    quality: EnumProperty(  # type: ignore[valid-type]
+        name="Quality",
+        description="Resolution, optimisation steps, face budget and texture size of the result",
+        items=[
+            ("DRAFT", "Draft", "Quick preview: 128 px fit, 1000 steps, 20k faces, 1K texture"),
+            ("STANDARD", "Standard", "256 px fit, 3000 steps, 50k faces, 2K texture"),
+            ("HIGH", "High", "512 px fit, 7000 steps, 200k faces, 4K texture"),
+        ],
+        default="STANDARD",
+    )
+    device: EnumProperty(  # type: ignore[valid-type]
+        name="Device",
+        items=[("DEFAULT", "Preferences", "The device chosen in the add-on preferences"), *_DEVICES],
+        default="DEFAULT",
+    )
+    seed: IntProperty(name="Seed", description="Random seed (same seed, same result)", default=0, min=0)  # type: ignore[valid-type]
+    resolution: IntProperty(  # type: ignore[valid-type]
+        name="Resolution Override", description="Longer image side of the fit in pixels (0 = from the quality preset)",
+        default=0, min=0, soft_max=2048,
+    )  # fmt: skip
+    iterations: IntProperty(  # type: ignore[valid-type]
+        name="Steps Override", description="Optimisation steps (0 = from the quality preset)", default=0, min=0, soft_max=30000
+    )
+    # --- Output
     output_folder: StringProperty(  # type: ignore[valid-type]
         name="Output Folder",
         description="Folder for job outputs (meshes, textures); empty: next to the .blend file",
         subtype="DIR_PATH",
         default="",
     )
+    output_name: StringProperty(  # type: ignore[valid-type]
+        name="Name", description="Name of the new object and its file (empty: <scene>_reconstruction)", default=""
+    )
+    keep_output: BoolProperty(  # type: ignore[valid-type]
+        name="Keep Output File",
+        description="Keep the .glb file after importing it (the texture is packed into the .blend either way)",
+        default=True,
+    )
+
+
+class ViewforgePreferences(bpy.types.AddonPreferences):
+    """Add-on preferences: device, model cache, offline mode, dependency installation."""
+
+    bl_idname = ADDON_ID
+
+    device: EnumProperty(name="Device", items=_DEVICES, default="AUTO")  # type: ignore[valid-type]
+    model_cache: StringProperty(  # type: ignore[valid-type]
+        name="Model Cache", description="Folder for downloaded model weights (empty: the default cache)", subtype="DIR_PATH", default=""
+    )
+    offline: BoolProperty(  # type: ignore[valid-type]
+        name="Offline", description="Never download model weights; use only what is in the model cache", default=False
+    )
+    install_platform: EnumProperty(  # type: ignore[valid-type]
+        name="Platform",
+        items=[
+            ("AUTO", "Automatic", "Detect: CUDA with an NVIDIA driver, Apple Metal on Apple silicon, else CPU"),
+            ("CUDA", "CUDA", "NVIDIA GPU (adds gsplat)"),
+            ("CPU", "CPU", "No GPU"),
+            ("MPS", "Apple Metal", "Apple silicon"),
+        ],
+        default="AUTO",
+    )
+    wheel_folder: StringProperty(  # type: ignore[valid-type]
+        name="Local Wheel Folder",
+        description="Install from this folder of .whl files instead of downloading (no network needed)",
+        subtype="DIR_PATH",
+        default="",
+    )
+    extra_index_url: StringProperty(  # type: ignore[valid-type]
+        name="Extra Index URL", description="Another package index to search (e.g. the PyTorch CUDA wheels on Windows)", default=""
+    )
+
+    def draw(self, context):
+        from ..panels.main import draw_preferences
+
+        draw_preferences(self, self.layout, context)
+
+
+class _DefaultPreferences:
+    """The preferences' defaults, for when the add-on is registered without being enabled (tests)."""
+
+    device = "AUTO"
+    model_cache = ""
+    offline = False
+    install_platform = "AUTO"
+    wheel_folder = ""
+    extra_index_url = ""
+
+
+def get_preferences(context=None):
+    """The add-on preferences, or their defaults when they are not available."""
+    context = context or bpy.context
+    addon = context.preferences.addons.get(ADDON_ID) if context.preferences else None
+    prefs = getattr(addon, "preferences", None)
+    return prefs if prefs is not None else _DefaultPreferences()
 
 
 def register_properties() -> None:
@@ -31,4 +161,4 @@ def unregister_properties() -> None:
         del bpy.types.Scene.viewforge
 
 
-CLASSES = [ViewforgeSettings]
+CLASSES = [ViewforgeSettings, ViewforgePreferences]

@@ -1,10 +1,64 @@
-"""The Viewforge sidebar panel (3D viewport > Sidebar > Viewforge) and File menu entries."""
+"""The Viewforge sidebar panel (3D viewport > Sidebar > Viewforge), the preferences' layout, the
+status-bar progress and the File menu entries. Drawing only: the operators do the work."""
 
 from __future__ import annotations
 
 import bpy
 
 from ..operators.cameras import VIEWFORGE_OT_cameras_from_transforms, VIEWFORGE_OT_export_transforms
+from ..operators.jobs import (
+    VIEWFORGE_OT_cancel,
+    VIEWFORGE_OT_generate,
+    VIEWFORGE_OT_install_dependencies,
+    VIEWFORGE_OT_reconstruct,
+)
+
+
+def _count_cameras(scene, settings) -> tuple[int, int]:
+    """(cameras, cameras with a background photo) the job would look at (drawing aid only)."""
+    n = with_photo = 0
+    for obj in scene.objects:
+        if obj.type != "CAMERA" or (settings.selected_only and not obj.select_get()):
+            continue
+        n += 1
+        bg = obj.data.background_images
+        with_photo += bool(len(bg) and bg[0].image is not None)
+    return n, with_photo
+
+
+def draw_job(layout, context) -> bool:
+    """Progress and Cancel of the running job, or the last job's outcome; True while one runs."""
+    from ..bridge import jobs
+
+    s = jobs.status()
+    if s is not None:
+        box = layout.box()
+        text = "Cancelling..." if s["cancelling"] else f"{s['label'].capitalize()}: {s['stage']} {100 * s['fraction']:.0f}%"
+        if hasattr(box, "progress"):
+            box.progress(factor=s["fraction"], type="BAR", text=text)
+        else:  # Blender < 4.0
+            box.label(text=text, icon="TIME")
+        if s["message"] and not s["cancelling"]:
+            box.label(text=s["message"])
+        box.operator(VIEWFORGE_OT_cancel.bl_idname, text="Cancel (Esc)", icon="CANCEL")
+        return True
+    last = jobs.LAST
+    if last is not None:
+        icon = {"done": "CHECKMARK", "cancelled": "CANCEL"}.get(last.state, "ERROR")
+        col = layout.column(align=True)
+        for i, line in enumerate(last.message.split(". Fix: ", 1)):
+            col.label(text=line if i == 0 else f"Fix: {line}", icon=icon if i == 0 else "BLANK1")
+    return False
+
+
+def _draw_missing(layout, kind: str) -> None:
+    from ..bridge import deps
+
+    names = deps.missing(kind)
+    if names:
+        col = layout.column(align=True)
+        col.label(text=f"Missing: {', '.join(names[:3])}{'...' if len(names) > 3 else ''}", icon="ERROR")
+        col.label(text="Install them in Preferences > Add-ons > Viewforge", icon="BLANK1")
 
 
 class VIEWFORGE_PT_main(bpy.types.Panel):
@@ -17,14 +71,123 @@ class VIEWFORGE_PT_main(bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         settings = getattr(context.scene, "viewforge", None)
-        box = layout.box()
-        box.label(text="Cameras", icon="CAMERA_DATA")
-        box.operator(VIEWFORGE_OT_cameras_from_transforms.bl_idname, text="Import transforms.json", icon="IMPORT")
-        if settings is not None:
+        if settings is None:
+            return
+        layout.prop(settings, "mode", expand=True)
+
+        if settings.mode == "GENERATE":
+            box = layout.box()
+            box.label(text="Image", icon="IMAGE_DATA")
+            box.prop(settings, "image_source", expand=True)
+            box.prop(settings, "image_path" if settings.image_source == "FILE" else "image")
+        else:
+            box = layout.box()
+            box.label(text="Cameras", icon="CAMERA_DATA")
             box.prop(settings, "selected_only")
-        op = box.operator(VIEWFORGE_OT_export_transforms.bl_idname, text="Export transforms.json", icon="EXPORT")
+            box.prop(settings, "photo_source")
+            if settings.photo_source == "FOLDER":
+                box.prop(settings, "photo_folder")
+            else:
+                n, with_photo = _count_cameras(context.scene, settings)
+                box.label(text=f"{with_photo} of {n} cameras have a photo", icon="INFO" if with_photo >= 2 else "ERROR")
+
+        box = layout.box()
+        box.label(text="Options", icon="PREFERENCES")
+        box.prop(settings, "quality", expand=True)
+        box.prop(settings, "device")
+        box.prop(settings, "seed")
+        box.prop(settings, "output_folder")
+        box.prop(settings, "output_name")
+        box.prop(settings, "keep_output")
+
+        running = draw_job(layout, context)
+        if not running:
+            op_cls = VIEWFORGE_OT_generate if settings.mode == "GENERATE" else VIEWFORGE_OT_reconstruct
+            row = layout.row()
+            row.scale_y = 1.5
+            row.operator(op_cls.bl_idname, icon="PLAY")
+            if settings.mode == "GENERATE":
+                from ..engine.jobs import GENERATE_AVAILABLE
+
+                if not GENERATE_AVAILABLE:
+                    layout.label(text="Not available in this version", icon="INFO")
+            else:
+                _draw_missing(layout, "reconstruct")
+
+
+class VIEWFORGE_PT_advanced(bpy.types.Panel):
+    bl_label = "Advanced"
+    bl_idname = "VIEWFORGE_PT_advanced"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Viewforge"
+    bl_parent_id = "VIEWFORGE_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        settings = getattr(context.scene, "viewforge", None)
+        if settings is None:
+            return
+        self.layout.prop(settings, "resolution")
+        self.layout.prop(settings, "iterations")
+
+
+class VIEWFORGE_PT_cameras_io(bpy.types.Panel):
+    bl_label = "Cameras and Photos"
+    bl_idname = "VIEWFORGE_PT_cameras_io"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Viewforge"
+    bl_parent_id = "VIEWFORGE_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = getattr(context.scene, "viewforge", None)
+        layout.operator(VIEWFORGE_OT_cameras_from_transforms.bl_idname, text="Import transforms.json", icon="IMPORT")
+        op = layout.operator(VIEWFORGE_OT_export_transforms.bl_idname, text="Export transforms.json", icon="EXPORT")
         if settings is not None:
             op.selected_only = settings.selected_only
+
+
+def draw_preferences(prefs, layout, context) -> None:
+    """The add-on preferences: device, model cache, offline mode, dependencies."""
+    from ..bridge import deps
+
+    layout.prop(prefs, "device")
+    layout.prop(prefs, "model_cache")
+    layout.prop(prefs, "offline")
+
+    box = layout.box()
+    box.label(text="Engine Dependencies", icon="PACKAGE")
+    for kind, title in (("reconstruct", "Reconstruct"), ("generate", "Generate")):
+        names = deps.missing(kind)
+        box.label(
+            text=f"{title}: " + ("all installed" if not names else f"missing {', '.join(names)}"),
+            icon="CHECKMARK" if not names else "ERROR",
+        )
+    box.prop(prefs, "install_platform")
+    box.prop(prefs, "wheel_folder")
+    box.prop(prefs, "extra_index_url")
+    if not prefs.wheel_folder and not deps.online_access():
+        box.label(text="Online access is off (Preferences > System > Network): set a local wheel folder", icon="INFO")
+    if not draw_job(box, context):
+        box.operator(VIEWFORGE_OT_install_dependencies.bl_idname, icon="IMPORT")
+
+
+def _draw_status(self, context) -> None:
+    """Status bar: the running job's progress and a Cancel button."""
+    from ..bridge import jobs
+
+    s = jobs.status()
+    if s is None:
+        return
+    row = self.layout.row(align=True)
+    text = jobs.status_line()
+    if hasattr(row, "progress"):
+        row.progress(factor=s["fraction"], type="RING", text=text)
+    else:
+        row.label(text=text)
+    row.operator(VIEWFORGE_OT_cancel.bl_idname, text="", icon="CANCEL")
 
 
 def _menu_import(self, context):
@@ -38,11 +201,13 @@ def _menu_export(self, context):
 def register_menus() -> None:
     bpy.types.TOPBAR_MT_file_import.append(_menu_import)
     bpy.types.TOPBAR_MT_file_export.append(_menu_export)
+    bpy.types.STATUSBAR_HT_header.append(_draw_status)
 
 
 def unregister_menus() -> None:
+    bpy.types.STATUSBAR_HT_header.remove(_draw_status)
     bpy.types.TOPBAR_MT_file_import.remove(_menu_import)
     bpy.types.TOPBAR_MT_file_export.remove(_menu_export)
 
 
-CLASSES = [VIEWFORGE_PT_main]
+CLASSES = [VIEWFORGE_PT_main, VIEWFORGE_PT_advanced, VIEWFORGE_PT_cameras_io]

@@ -31,6 +31,10 @@ def test_register_unregister_twice_leaves_nothing(blender):
     assert not any(cls.is_registered for cls in classes)
     n_import = len(_menu_funcs(bpy.types.TOPBAR_MT_file_import))
     n_export = len(_menu_funcs(bpy.types.TOPBAR_MT_file_export))
+    def n_status():
+        return sum(f.__module__.startswith("viewforge") for f in _menu_funcs(bpy.types.STATUSBAR_HT_header))
+
+    n_load = len(bpy.app.handlers.load_pre)
     for _ in range(2):
         viewforge.register()
         try:
@@ -39,6 +43,11 @@ def test_register_unregister_twice_leaves_nothing(blender):
                 assert hasattr(bpy.types, name), name
             assert hasattr(bpy.ops.viewforge, "cameras_from_transforms")
             assert hasattr(bpy.ops.viewforge, "export_transforms")
+            for op in ("reconstruct", "generate", "cancel", "install_dependencies"):
+                assert hasattr(bpy.ops.viewforge, op), op
+            assert n_status() == 1
+            assert len(bpy.app.handlers.load_pre) == n_load + 1
+            assert bpy.context.scene.viewforge.quality == "STANDARD"
             assert bpy.context.scene.viewforge.selected_only is False
             assert len(_menu_funcs(bpy.types.TOPBAR_MT_file_import)) == n_import + 1
             assert len(_menu_funcs(bpy.types.TOPBAR_MT_file_export)) == n_export + 1
@@ -53,6 +62,8 @@ def test_register_unregister_twice_leaves_nothing(blender):
         assert not hasattr(bpy.types.Scene, "viewforge")
         assert len(_menu_funcs(bpy.types.TOPBAR_MT_file_import)) == n_import
         assert len(_menu_funcs(bpy.types.TOPBAR_MT_file_export)) == n_export
+        assert n_status() == 0
+        assert len(bpy.app.handlers.load_pre) == n_load
 
 
 def _engine_modules() -> list[str]:
@@ -93,40 +104,69 @@ def test_bpy_none_really_blocks_bpy():
     assert res.returncode != 0 and "import of bpy halted" in res.stderr
 
 
-@pytest.mark.blender
-def test_panel_draws_the_camera_operators(blender):
-    """Draw the sidebar panel into a recording layout: both operators, the scene setting passed on."""
+class _Layout:
+    """A recording stand-in for ``UILayout``: every container call returns itself."""
+
+    def __init__(self, log):
+        self.log = log
+        self.scale_y = 1.0
+        self.enabled = True
+
+    def _self(self, *a, **kw):
+        return self
+
+    box = row = column = split = _self
+
+    def label(self, **kw):
+        self.log.append(("label", kw.get("text")))
+
+    def prop(self, data, name, **kw):
+        self.log.append(("prop", name))
+
+    def progress(self, **kw):
+        self.log.append(("progress", kw.get("factor"), kw.get("text")))
+
+    def operator(self, idname, **kw):
+        import types
+
+        op = types.SimpleNamespace()
+        self.log.append(("operator", idname, op))
+        return op
+
+
+def _draw(panel_cls, context):
     import types
 
+    log = []
+    panel_cls.draw(types.SimpleNamespace(layout=_Layout(log)), context)
+    return log
+
+
+@pytest.mark.blender
+def test_panels_draw_the_operators_and_settings(blender):
+    """Draw the sidebar panels into a recording layout: the operators, the scene settings passed on."""
     import viewforge
-    from viewforge.panels.main import VIEWFORGE_PT_main
-
-    class Layout:
-        def __init__(self, log):
-            self.log = log
-
-        def box(self):
-            return self
-
-        def label(self, **kw):
-            self.log.append(("label", kw.get("text")))
-
-        def prop(self, data, name, **kw):
-            self.log.append(("prop", name))
-
-        def operator(self, idname, **kw):
-            op = types.SimpleNamespace()
-            self.log.append(("operator", idname, op))
-            return op
+    from viewforge.panels.main import VIEWFORGE_PT_advanced, VIEWFORGE_PT_cameras_io, VIEWFORGE_PT_main
 
     viewforge.register()
     try:
-        blender.context.scene.viewforge.selected_only = True
-        log = []
-        VIEWFORGE_PT_main.draw(types.SimpleNamespace(layout=Layout(log)), blender.context)
+        settings = blender.context.scene.viewforge
+        settings.selected_only = True
+        io_log = _draw(VIEWFORGE_PT_cameras_io, blender.context)
+        main_log = _draw(VIEWFORGE_PT_main, blender.context)
+        adv_log = _draw(VIEWFORGE_PT_advanced, blender.context)
+        settings.mode = "GENERATE"
+        gen_log = _draw(VIEWFORGE_PT_main, blender.context)
     finally:
         viewforge.unregister()
-    ops = {entry[1]: entry[2] for entry in log if entry[0] == "operator"}
+    ops = {entry[1]: entry[2] for entry in io_log if entry[0] == "operator"}
     assert set(ops) == {"viewforge.cameras_from_transforms", "viewforge.export_transforms"}
     assert ops["viewforge.export_transforms"].selected_only is True
-    assert ("prop", "selected_only") in log
+    props = {e[1] for e in main_log if e[0] == "prop"}
+    assert {"mode", "selected_only", "photo_source", "quality", "device", "seed", "output_folder"} <= props
+    assert [e[1] for e in main_log if e[0] == "operator"] == ["viewforge.reconstruct"]
+    assert ("label", "0 of 0 cameras have a photo") in main_log
+    assert {e[1] for e in adv_log if e[0] == "prop"} == {"resolution", "iterations"}
+    assert [e[1] for e in gen_log if e[0] == "operator"] == ["viewforge.generate"]
+    assert {"image_source", "image_path"} <= {e[1] for e in gen_log if e[0] == "prop"}
+    assert ("label", "Not available in this version") in gen_log

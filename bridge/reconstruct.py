@@ -1,0 +1,372 @@
+""""Reconstruct from cameras": scene cameras with photos -> a job -> a mesh object in the scene.
+
+1. :func:`prepare_reconstruct` checks everything a user can get wrong *before* any work, each as
+   a one-line :class:`~viewforge.engine.errors.ViewforgeError` with its fix: no cameras, an
+   orthographic or panoramic camera, a camera without a photo, a photo whose aspect ratio differs
+   from the render's, too few photos, an output folder that cannot be written, missing engine
+   dependencies. It then writes the cameras and their photos as a posed set (transforms.json +
+   images, photos copied byte for byte) into a temporary folder and returns the
+   :class:`~viewforge.engine.jobs.JobSpec` for it. It changes nothing in the scene.
+2. :func:`start_reconstruct` runs the job in a worker process (:class:`~viewforge.engine.jobs.
+   JobProcess`) as the active job of :mod:`.jobs`.
+3. When the job succeeds, :func:`import_result` (main thread) reads the output mesh and builds it
+   with :func:`.mesh.mesh_to_blender` in the scene's master collection, then pushes one undo
+   step. The GLB is in the cameras' world frame, so the object sits where the cameras look.
+
+Which cameras: all scene cameras (or only the selected ones) that have a photo. A camera's photo
+is its first background image, or (``photo_source="FOLDER"``) the file in a folder whose name is
+the camera's name (any of :data:`PHOTO_SUFFIXES`, case-insensitive). With all cameras, cameras
+without a photo are skipped with a warning; a *selected* camera without a photo is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from ..engine.cameras import transforms_from_cameras
+from ..engine.errors import CameraError, ImageError, InputError, OutputError
+from ..engine.jobs import JobSpec
+
+log = logging.getLogger(__name__)
+
+#: Photo files matched by camera name in a photo folder (in this order of preference).
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".webp", ".bmp")
+#: Fewest photos a reconstruction accepts.
+MIN_PHOTOS = 2
+#: Output format of the operator's job (the textured mesh of the mesh stage).
+OUTPUT_SUFFIX = ".glb"
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class ReconstructRequest:
+    """What the panel asks for. quality: a key of ``engine.jobs.QUALITY_PRESETS``. device: auto,
+    cpu, cuda or mps. output_folder: where the mesh file goes ("" = next to the .blend file, or
+    the temporary folder for an unsaved file; Blender's ``//`` prefix is relative to the .blend).
+    output_name: file and object name ("" = "<scene>_reconstruction"). keep_output: keep the file
+    after importing it (the object's texture is packed into the .blend either way). overrides:
+    other ReconConfig fields (e.g. resolution, iterations). output_suffix: the job's output format
+    (.glb: the textured mesh; .ply: Gaussian splats, which cannot be imported as a mesh)."""
+
+    selected_only: bool = False
+    photo_source: str = "BACKGROUND"
+    photo_folder: str = ""
+    quality: str = "standard"
+    device: str = "auto"
+    seed: int = 0
+    output_folder: str = ""
+    output_name: str = ""
+    keep_output: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)
+    output_suffix: str = OUTPUT_SUFFIX
+
+
+@dataclass
+class PreparedJob:
+    """A checked job: its spec, the temporary folder with the posed set, where to import."""
+
+    spec: JobSpec
+    work_dir: Path
+    scene_name: str
+    object_name: str
+    keep_output: bool = True
+    camera_names: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Photos
+# ---------------------------------------------------------------------------------------------
+
+
+def image_file_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header (no decoding), or None for other formats."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+            if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+                return struct.unpack(">II", head[16:24])
+            if head[:2] != b"\xff\xd8":
+                return None
+            f.seek(2)
+            while True:
+                marker = f.read(2)
+                if len(marker) < 2 or marker[0] != 0xFF:
+                    return None
+                if marker[1] in (0xD8, 0x01) or 0xD0 <= marker[1] <= 0xD7:
+                    continue
+                (length,) = struct.unpack(">H", f.read(2))
+                if marker[1] in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                    h, w = struct.unpack(">xHH", f.read(5))
+                    return w, h
+                f.seek(length - 2, os.SEEK_CUR)
+    except (OSError, struct.error):
+        return None
+
+
+def folder_photos(folder: str | os.PathLike) -> dict[str, Path]:
+    """``{lower-case file stem: path}`` of the photos in ``folder`` (preferring PNG, then JPEG...)."""
+    p = Path(folder).expanduser()
+    if not p.is_dir():
+        raise ImageError(f"photo folder {p} does not exist", "choose the folder holding one photo per camera, named after the camera")
+    found: dict[str, Path] = {}
+    rank = {s: i for i, s in enumerate(PHOTO_SUFFIXES)}
+    for f in sorted(p.iterdir()):
+        s = f.suffix.lower()
+        if s in rank and f.is_file():
+            key = f.stem.lower()
+            if key not in found or rank[s] < rank[found[key].suffix.lower()]:
+                found[key] = f
+    return found
+
+
+def _abspath(path: str) -> str:
+    import bpy
+
+    return bpy.path.abspath(path) if path else path
+
+
+def output_path(scene, req: ReconstructRequest) -> Path:
+    """The output file for a new job: a fresh name (``_1``, ``_2``... when taken) in a folder that
+    exists (created) and can be written; :class:`OutputError` otherwise."""
+    import bpy
+
+    folder = _abspath(req.output_folder)
+    if not folder:
+        blend = bpy.data.filepath
+        folder = os.path.dirname(blend) if blend else os.path.join(tempfile.gettempdir(), "viewforge")
+    out_dir = Path(folder).expanduser().absolute()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".viewforge-write-test-", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise OutputError(
+            f"the output folder {out_dir} cannot be written ({reason})",
+            "choose another Output Folder in the Viewforge panel",
+        ) from None
+    stem = _SAFE.sub("_", req.output_name or f"{scene.name}_reconstruction").strip("._") or "reconstruction"
+    suffix = req.output_suffix
+    path = out_dir / f"{stem}{suffix}"
+    k = 1
+    while path.exists():
+        path = out_dir / f"{stem}_{k}{suffix}"
+        k += 1
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Prepare: check the scene, write the posed set
+# ---------------------------------------------------------------------------------------------
+
+
+def _cameras_with_photos(scene, req: ReconstructRequest, view_layer) -> tuple[list[tuple], list[str]]:
+    """``[(object, engine camera at the photo's size, ("image", bpy image) | ("file", path))]``
+    and warnings. Raises for no cameras, unsupported cameras, missing photos (see module doc)."""
+    from .cameras import scene_posed_cameras
+    from .posed import camera_at_photo
+
+    items = scene_posed_cameras(scene, selected_only=req.selected_only, view_layer=view_layer)
+    if not items:
+        which = "selected cameras" if req.selected_only else "cameras"
+        raise CameraError(
+            f"the scene has no {which}",
+            "add perspective cameras with their photos as background images "
+            "(or File > Import > Cameras from transforms.json)",
+        )
+    by_name = folder_photos(_abspath(req.photo_folder)) if req.photo_source == "FOLDER" else {}
+    out, without = [], []
+    for obj, cam, image in items:
+        if req.photo_source == "FOLDER":
+            path = by_name.get(obj.name.lower())
+            if path is None:
+                without.append(obj.name)
+                continue
+            size = image_file_size(path)
+            if size is not None:
+                cam = camera_at_photo(obj, cam, SimpleNamespace(size=size, name=path.name))
+            out.append((obj, cam, ("file", path)))
+        else:
+            if image is None:
+                without.append(obj.name)
+                continue
+            out.append((obj, camera_at_photo(obj, cam, image), ("image", image)))
+    where = f"in {req.photo_folder} (named after the camera)" if req.photo_source == "FOLDER" else "(background image)"
+    if without and req.selected_only:
+        raise ImageError(
+            f"camera '{without[0]}' has no photo {where}",
+            f"add a photo to {without[0]} or deselect it",
+        )
+    if len(out) < MIN_PHOTOS:
+        have = f"only {len(out)} of {len(items)} cameras has a photo" if out else f"none of the {len(items)} cameras has a photo"
+        raise ImageError(
+            f"{have} {where}; a reconstruction needs at least {MIN_PHOTOS}",
+            "give each camera its photo as its first background image "
+            "(Camera properties > Background Images), or choose a photo folder",
+        )
+    warnings = []
+    if without:
+        shown = ", ".join(without[:5]) + ("..." if len(without) > 5 else "")
+        warnings.append(f"{len(without)} camera(s) without a photo were skipped: {shown}")
+    return out, warnings
+
+
+def write_posed_set(items: list[tuple], folder: Path) -> Path:
+    """Write ``items`` (from :func:`_cameras_with_photos`) as transforms.json + images/ in ``folder``."""
+    import json
+
+    from .posed import IMAGES_DIR, _export_name, _photo_source, _write_photo
+
+    (folder / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    cameras, file_paths = [], []
+    for obj, cam, (kind, src) in items:
+        if kind == "file":
+            name = _export_name(obj.name, src.suffix.lower(), used)
+            shutil.copyfile(src, folder / IMAGES_DIR / name)
+        else:
+            photo = _photo_source(obj, src)
+            name = _export_name(obj.name, photo.suffix, used)
+            _write_photo(photo, folder / IMAGES_DIR / name)
+        cameras.append(cam)
+        file_paths.append(f"{IMAGES_DIR}/{name}")
+    path = folder / "transforms.json"
+    path.write_text(json.dumps(transforms_from_cameras(cameras, file_paths), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def prepare_reconstruct(scene, req: ReconstructRequest, view_layer=None) -> PreparedJob:
+    """Check the scene and the request, write the posed set to a temporary folder, build the job.
+
+    Raises a one-line :class:`ViewforgeError` for every bad input (see the module docstring);
+    nothing is changed in the scene and nothing is left on disk in that case.
+    """
+    from ..engine.jobs import QUALITY_PRESETS
+    from . import deps
+
+    if req.quality not in QUALITY_PRESETS:
+        raise InputError(f"unknown quality '{req.quality}'", f"choose one of {', '.join(QUALITY_PRESETS)}")
+    items, warnings = _cameras_with_photos(scene, req, view_layer)
+    out = output_path(scene, req)
+    deps.check("reconstruct")
+    work = Path(tempfile.mkdtemp(prefix="viewforge-job-"))
+    try:
+        transforms = write_posed_set(items, work / "posed")
+    except BaseException as e:
+        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise OutputError(f"could not write the photos to a temporary folder ({e})", "free some disk space") from None
+        raise
+    options = {"quality": req.quality, "device": req.device, "seed": int(req.seed), **req.overrides}
+    spec = JobSpec("reconstruct", str(transforms), str(out), options, name=out.stem)
+    return PreparedJob(spec, work, scene.name, out.stem, req.keep_output, [o.name for o, _, _ in items], warnings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run and import
+# ---------------------------------------------------------------------------------------------
+
+
+def import_result(prepared: PreparedJob, result, location=None) -> Any:
+    """Build the job's output mesh in the job's scene (main thread), as one undo step; ``location``
+    moves the new object (generate mode: the 3D cursor)."""
+    import bpy
+
+    from ..engine.io.mesh import read_mesh
+    from .mesh import mesh_to_blender
+
+    scene = bpy.data.scenes.get(prepared.scene_name)
+    if scene is None:
+        raise InputError(
+            f"the scene '{prepared.scene_name}' the job was started from no longer exists; the result is in {result.output}",
+            "import the file with File > Import > glTF 2.0",
+        )
+    mesh = read_mesh(result.output)
+    obj = mesh_to_blender(mesh, name=prepared.object_name, collection=scene.collection, scene=scene)
+    if location is not None:
+        obj.location = location
+    if not prepared.keep_output:
+        Path(result.output).unlink(missing_ok=True)
+    push_undo(f"Viewforge: {obj.name}")
+    return obj
+
+
+def push_undo(message: str) -> None:
+    """One undo step for what was just created (a no-op where undo is off, e.g. background mode)."""
+    import bpy
+
+    try:
+        wm = bpy.context.window_manager
+        window = bpy.context.window or (wm.windows[0] if wm is not None and len(wm.windows) else None)
+        if window is not None and bpy.context.window is None:
+            with bpy.context.temp_override(window=window):
+                bpy.ops.ed.undo_push(message=message)
+        else:
+            bpy.ops.ed.undo_push(message=message)
+    except Exception:  # noqa: BLE001  (no undo here: nothing to do)
+        log.debug("undo push skipped", exc_info=True)
+
+
+def worker_env(model_cache: str = "", offline: bool = False) -> dict[str, str]:
+    """Environment of the worker: the model cache folder and the offline switch."""
+    env = {}
+    if model_cache:
+        env["HF_HOME"] = _abspath(model_cache)
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def start_reconstruct(scene, req: ReconstructRequest, view_layer=None, env: dict[str, str] | None = None,
+                      timer: bool = True) -> PreparedJob:  # fmt: skip
+    """Prepare and start the job as the active job (see :mod:`.jobs`); returns it prepared."""
+    from ..engine.jobs import JobProcess
+    from . import jobs
+
+    if jobs.is_running():
+        raise InputError(
+            f"another Viewforge job ({jobs.ACTIVE.label}) is running", "wait for it to finish or cancel it (Esc or the Cancel button)"
+        )
+    prepared = prepare_reconstruct(scene, req, view_layer)
+    try:
+        handle = JobProcess(prepared.spec, env=env)
+    except BaseException:
+        prepared.cleanup()
+        raise
+
+    def on_success(result) -> str:
+        obj = import_result(prepared, result)
+        return f"Reconstructed '{obj.name}' from {len(prepared.camera_names)} cameras ({result.summary})"
+
+    jobs.start(handle, "reconstruct", on_success, prepared.cleanup, timer=timer)
+    return prepared
+
+
+__all__ = [
+    "OUTPUT_SUFFIX",
+    "PHOTO_SUFFIXES",
+    "PreparedJob",
+    "ReconstructRequest",
+    "folder_photos",
+    "image_file_size",
+    "import_result",
+    "output_path",
+    "prepare_reconstruct",
+    "start_reconstruct",
+    "worker_env",
+]
