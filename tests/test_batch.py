@@ -1,0 +1,81 @@
+"""``viewforge batch``: one job per posed set or image, a summary table, a non-zero exit when a job
+failed while the others still wrote their output. No bpy."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from viewforge import cli
+from viewforge.engine.batch import BatchConfig, find_inputs, format_table, run_batch
+from viewforge.engine.errors import InputError, OutputError
+from viewforge.engine.splat.model import read_splat_ply
+
+from test_jobs import sphere_posed_set
+
+
+@pytest.fixture(scope="module")
+def batch_input(tmp_path_factory):
+    """A posed set, a broken posed set (an image missing), an image and an unrelated file."""
+    root = tmp_path_factory.mktemp("batch") / "in"
+    root.mkdir()
+    sphere_posed_set(root / "my ball", n=6, size=24)
+    broken = sphere_posed_set(root / "broken", n=4, size=24).parent
+    next((broken / "images").iterdir()).unlink()
+    shutil.copy(next((root / "my ball" / "images").iterdir()), root / "cat.png")
+    (root / "notes.txt").write_text("not an input")
+    return root
+
+
+def test_find_inputs(batch_input, tmp_path):
+    items = find_inputs(batch_input)
+    assert [(i.name, i.kind) for i in items] == [("broken", "reconstruct"), ("cat", "generate"), ("my ball", "reconstruct")]
+    assert items[2].path == batch_input / "my ball" / "transforms.json"
+    # a folder that is itself a posed set is one job
+    assert [(i.name, i.kind) for i in find_inputs(batch_input / "my ball")] == [("my ball", "reconstruct")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no posed sets and no images"):
+        find_inputs(tmp_path / "empty")
+    with pytest.raises(InputError, match="does not exist"):
+        find_inputs(tmp_path / "nope")
+
+
+def test_batch_runs_every_job_and_reports_failures(batch_input, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli.main(["batch", str(batch_input), "-o", str(out), "--quality", "draft", "--format", "ply",
+                     "--resolution", "24", "--iterations", "20", "--device", "cpu"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "2 of 3 jobs failed" in captured.err
+    lines = captured.out.strip().splitlines()
+    assert lines[0].split()[:4] == ["job", "kind", "status", "seconds"]
+    rows = {ln.split("  ")[0].strip(): ln for ln in lines[1:-1]}
+    assert set(rows) == {"my ball", "broken", "cat"}
+    assert " ok " in rows["my ball"] and rows["my ball"].endswith(str(out / "my_ball.ply"))
+    assert "failed" in rows["broken"] and "image not found" in rows["broken"] and "Fix:" in rows["broken"]
+    assert "failed" in rows["cat"] and "not available in this version" in rows["cat"]
+    assert lines[-1] == "1 of 3 jobs succeeded, 2 failed"
+    assert sorted(p.name for p in out.iterdir()) == ["my_ball.ply"]  # nothing half-written for the failures
+    assert read_splat_ply(out / "my_ball.ply").num > 10
+
+
+def test_batch_bad_arguments(batch_input, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        run_batch(batch_input, blocker, BatchConfig())
+    with pytest.raises(InputError, match="unknown quality"):
+        run_batch(batch_input, tmp_path / "o", BatchConfig(quality="ultra"))
+    assert cli.main(["batch", str(tmp_path / "missing"), "-o", str(tmp_path / "o")]) == 2
+    assert "does not exist. Fix:" in capsys.readouterr().err
+
+
+def test_format_table_aligns_columns():
+    from viewforge.engine.batch import BatchRow
+
+    text = format_table([BatchRow("a", "reconstruct", "ok", 1.25, "/o/a.glb"), BatchRow("long name", "generate", "failed", 0.0, None, "why")])
+    lines = text.splitlines()
+    assert lines[1].index("reconstruct") == lines[2].index("generate") == lines[0].index("kind")
+    assert lines[1].endswith("/o/a.glb") and lines[2].endswith("why")
+    assert lines[-1] == "1 of 2 jobs succeeded, 1 failed"
