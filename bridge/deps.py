@@ -11,7 +11,8 @@ CUDA) are installed from the add-on preferences with pip, *into the extension's 
   fix while something is missing.
 * :func:`install_command` -- the pip command line: ``python -m pip install --target DIR -r REQ
   [-c constraints.txt] [--no-index --find-links WHEELS] [--extra-index-url URL]``. The
-  requirements are the pinned engine requirements (requirements.txt in the extension) for the
+  requirements are the pinned engine requirements (``engine-requirements.txt``, a copy of the
+  repository's requirements.txt, with ``engine-constraints.txt`` as constraints) for the
   platform: torch from the default index (CUDA on Linux, MPS on Apple silicon, CPU elsewhere; a
   CUDA build on Windows needs the PyTorch wheel index as "extra index URL"), gsplat only for CUDA.
 * :class:`PipInstall` -- runs that command in a subprocess with the same polling interface as a
@@ -41,8 +42,12 @@ from ..engine.errors import Cancelled, DependencyError, InputError
 
 log = logging.getLogger(__name__)
 
-#: The extension's root folder (holds requirements.txt and constraints.txt in the built zip).
+#: The extension's root folder.
 ROOT = Path(__file__).resolve().parents[1]
+#: Copies of the repository's requirements.txt and constraints.txt that ship inside the extension
+#: (scripts/build_extension.py refreshes them; a test checks they are identical).
+ENGINE_REQUIREMENTS = Path(__file__).with_name("engine-requirements.txt")
+ENGINE_CONSTRAINTS = Path(__file__).with_name("engine-constraints.txt")
 #: The extension's package name: "viewforge", or "bl_ext.<repo>.viewforge" inside Blender.
 PACKAGE = __name__.rsplit(".", 2)[0]
 
@@ -175,7 +180,7 @@ def engine_requirements(platform: str, requirements: Path | None = None) -> list
     extension's requirements.txt without what Blender or the bundled wheels already provide."""
     if platform not in PLATFORMS:
         raise InputError(f"unknown platform '{platform}'", f"use one of {', '.join(PLATFORMS)}")
-    req = requirements or ROOT / "requirements.txt"
+    req = requirements or ENGINE_REQUIREMENTS
     if not req.is_file():
         raise DependencyError(
             f"the engine requirements list {req} is missing from the extension",

@@ -222,7 +222,7 @@ class VIEWFORGE_OT_install_dependencies(_JobOperator, bpy.types.Operator):
             reqs = tuple(deps.engine_requirements(platform))
         wheels = bpy.path.abspath(self.find_links or prefs.wheel_folder)
         target = Path(bpy.path.abspath(self.target)) if self.target else deps.user_site_packages(create=True)
-        constraints = deps.ROOT / "constraints.txt"
+        constraints = deps.ENGINE_CONSTRAINTS
         opts = deps.InstallOptions(
             target=target, requirements=reqs, find_links=Path(wheels) if wheels else None,
             extra_index_url=prefs.extra_index_url, constraints=constraints if constraints.is_file() else None,

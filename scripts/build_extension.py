@@ -9,12 +9,15 @@
    versions must equal the pins in ``constraints.txt`` and they must be platform-independent
    (``py3-none-any``); otherwise the script stops and says which line to change. Nobody
    downloads or edits wheels by hand.
-2. Blender's own extension tool, ``blender_ext.py`` shipped inside the ``bpy`` wheel
+2. ``bridge/engine-requirements.txt`` and ``bridge/engine-constraints.txt`` are refreshed from
+   ``requirements.txt`` and ``constraints.txt``: the dependency installer in the add-on
+   preferences installs exactly these pins (the root files themselves stay out of the zip).
+3. Blender's own extension tool, ``blender_ext.py`` shipped inside the ``bpy`` wheel
    (``site-packages/bpy/<ver>/scripts/addons_core/bl_pkg/cli/``), builds the zip from the
    repository root (the root *is* the extension; ``[build] paths_exclude_pattern`` in the
    manifest keeps tests, docs, scripts and the venv out) and validates it. No Blender binary is
    needed.
-3. Prints the zip's path (the last line of stdout).
+4. Prints the zip's path (the last line of stdout).
 
 Exit codes: 0 built and valid, 2 a clear one-line error on stderr.
 """
@@ -35,6 +38,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "blender_manifest.toml"
 CONSTRAINTS = REPO / "constraints.txt"
+#: (source, copy shipped in the extension) of the engine dependency pins.
+ENGINE_PINS = (
+    (REPO / "requirements.txt", REPO / "bridge" / "engine-requirements.txt"),
+    (REPO / "constraints.txt", REPO / "bridge" / "engine-constraints.txt"),
+)
 
 
 class BuildError(Exception):
@@ -130,6 +138,18 @@ def ensure_wheels(wheels_dir: Path | None = None, download: bool = True, python:
     return paths
 
 
+def sync_engine_pins() -> list[Path]:
+    """Copy requirements.txt / constraints.txt to the extension's copies where they differ;
+    returns the copies that were rewritten."""
+    changed = []
+    for src, dst in ENGINE_PINS:
+        text = src.read_text(encoding="utf-8")
+        if not dst.is_file() or dst.read_text(encoding="utf-8") != text:
+            dst.write_text(text, encoding="utf-8")
+            changed.append(dst)
+    return changed
+
+
 def blender_ext_tool() -> Path:
     """Path of ``blender_ext.py`` inside the installed bpy wheel (without importing bpy)."""
     spec = importlib.util.find_spec("bpy")
@@ -159,6 +179,8 @@ def validate(path: Path) -> None:
 def build(output_dir: Path | None = None, download: bool = True) -> Path:
     """Build and validate the extension zip; returns its path (``output_dir`` default: dist/)."""
     ensure_wheels(download=download)
+    for path in sync_engine_pins():
+        print(f"build_extension: refreshed {path.relative_to(REPO)}", file=sys.stderr)
     manifest = read_manifest()
     out_dir = Path(output_dir or REPO / "dist").absolute()
     if not out_dir.parent.is_dir():

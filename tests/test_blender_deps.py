@@ -53,6 +53,14 @@ def test_engine_requirements_per_platform(tmp_path):
     assert "gsplat" not in real and "numpy" not in real
 
 
+def test_shipped_pins_equal_the_repository_pins():
+    """The installer's copies equal requirements.txt / constraints.txt (scripts/build_extension.py
+    refreshes them: run it after changing a pin)."""
+    root = deps.ROOT
+    assert deps.ENGINE_REQUIREMENTS.read_text() == (root / "requirements.txt").read_text()
+    assert deps.ENGINE_CONSTRAINTS.read_text() == (root / "constraints.txt").read_text()
+
+
 def test_install_command_and_network_gate(tmp_path, wheel_folder):
     opts = deps.InstallOptions(target=tmp_path / "t", requirements=("a==1",), find_links=wheel_folder)
     cmd = deps.install_command(opts, tmp_path / "r.txt", python="py")
