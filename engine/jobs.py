@@ -57,28 +57,33 @@ PROGRESS_INTERVAL_S = 0.1
 class QualityPreset:
     """What a quality level means. resolution: longer image side of the fit in pixels;
     iterations: optimisation steps; faces: face budget of the mesh; texture_size: side of the
-    baked base-colour texture in pixels."""
+    baked base-colour texture in pixels; mesh: other mesh-stage settings (MeshConfig fields:
+    TSDF grid, fusion views)."""
 
     resolution: int
     iterations: int
     faces: int
     texture_size: int
+    mesh: dict[str, Any] = field(default_factory=dict)
 
 
 #: draft: a quick look (about a minute on a laptop CPU); standard: the default; high: final assets.
 QUALITY_PRESETS: dict[str, QualityPreset] = {
-    "draft": QualityPreset(resolution=128, iterations=1000, faces=20_000, texture_size=1024),
+    "draft": QualityPreset(resolution=128, iterations=1000, faces=20_000, texture_size=1024,
+                           mesh={"grid": 128, "fuse_views": 24, "fuse_size": 128, "bake_render_views": 12}),
     "standard": QualityPreset(resolution=256, iterations=3000, faces=50_000, texture_size=2048),
-    "high": QualityPreset(resolution=512, iterations=7000, faces=200_000, texture_size=4096),
+    "high": QualityPreset(resolution=512, iterations=7000, faces=200_000, texture_size=4096, mesh={"grid": 256}),
 }
 
 #: Options a reconstruct job accepts besides the preset (ReconConfig field names).
-RECON_OPTIONS = ("quality", "resolution", "iterations", "faces", "texture_size", "device", "seed", "views", "holdout", "pose_refine")
+RECON_OPTIONS = ("quality", "resolution", "iterations", "faces", "texture_size", "device", "seed", "views", "holdout",
+                 "pose_refine", "mesh")
 
 
 def recon_config(quality: str = "standard", **overrides: Any):
     """The :class:`~viewforge.engine.recon.ReconConfig` of a quality preset, with ``overrides``
-    (any ReconConfig field; ``None`` values are ignored) applied on top."""
+    (any ReconConfig field; ``None`` values are ignored; a ``mesh`` dict is merged into the
+    preset's) applied on top. Preset entries the ReconConfig of this tree lacks are left out."""
     from .recon import ReconConfig
 
     if quality not in QUALITY_PRESETS:
@@ -89,6 +94,7 @@ def recon_config(quality: str = "standard", **overrides: Any):
     if unknown:
         raise InputError(f"unknown reconstruction option(s) {', '.join(unknown)}", f"use {', '.join(sorted(names))}")
     values = {**preset, **{k: v for k, v in overrides.items() if v is not None}}
+    values["mesh"] = {**preset.get("mesh", {}), **(overrides.get("mesh") or {})}
     return replace(ReconConfig(), **{k: v for k, v in values.items() if k in names})
 
 

@@ -111,7 +111,7 @@ class VIEWFORGE_OT_reconstruct(_JobOperator, bpy.types.Operator):
         s = context.scene.viewforge
         prefs = get_preferences(context)
         device = prefs.device if s.device == "DEFAULT" else s.device
-        overrides = {k: int(getattr(s, k)) for k in ("resolution", "iterations") if getattr(s, k) > 0}
+        overrides = {k: int(getattr(s, k)) for k in ("resolution", "iterations", "faces", "texture_size") if getattr(s, k) > 0}
         req = ReconstructRequest(
             selected_only=s.selected_only, photo_source=s.photo_source, photo_folder=s.photo_folder,
             quality=s.quality.lower(), device=device.lower(), seed=s.seed, output_folder=s.output_folder,

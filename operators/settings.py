@@ -78,6 +78,13 @@ class ViewforgeSettings(bpy.types.PropertyGroup):
     iterations: IntProperty(  # type: ignore[valid-type]
         name="Steps Override", description="Optimisation steps (0 = from the quality preset)", default=0, min=0, soft_max=30000
     )
+    faces: IntProperty(  # type: ignore[valid-type]
+        name="Faces Override", description="Face budget of the mesh (0 = from the quality preset)", default=0, min=0, soft_max=2_000_000
+    )
+    texture_size: IntProperty(  # type: ignore[valid-type]
+        name="Texture Size Override", description="Side of the baked texture in pixels (0 = from the quality preset)",
+        default=0, min=0, soft_max=8192,
+    )  # fmt: skip
     # --- Output
     output_folder: StringProperty(  # type: ignore[valid-type]
         name="Output Folder",

@@ -128,8 +128,8 @@ class VIEWFORGE_PT_advanced(bpy.types.Panel):
         settings = getattr(context.scene, "viewforge", None)
         if settings is None:
             return
-        self.layout.prop(settings, "resolution")
-        self.layout.prop(settings, "iterations")
+        for name in ("resolution", "iterations", "faces", "texture_size"):
+            self.layout.prop(settings, name)
 
 
 class VIEWFORGE_PT_cameras_io(bpy.types.Panel):

@@ -334,7 +334,7 @@ def test_reconstruct_operator_builds_an_aligned_textured_mesh(registered, tmp_pa
     s = bpy.context.scene.viewforge
     s.quality = "DRAFT"
     s.device = "CPU"
-    s.resolution, s.iterations = RENDER_SIZE, 300
+    s.resolution, s.iterations, s.faces, s.texture_size = 40, 60, 2000, 256
     s.output_folder = str(tmp_path / "out")
     s.output_name = "recon"
     before = {o.name for o in bpy.data.objects}
@@ -342,7 +342,7 @@ def test_reconstruct_operator_builds_an_aligned_textured_mesh(registered, tmp_pa
     new = [o for o in bpy.data.objects if o.name not in before]
     assert len(new) == 1 and new[0].type == "MESH" and new[0].name == "recon"
     obj = new[0]
-    assert len(obj.data.polygons) > 100 and obj.data.uv_layers
+    assert 500 < len(obj.data.polygons) <= 2000 and obj.data.uv_layers
     mat = obj.data.materials[0]
     assert any(n.type == "TEX_IMAGE" and n.image is not None for n in mat.node_tree.nodes)
     iou = bbox_iou(bbox(world_vertices(obj)), source_box)

@@ -94,6 +94,12 @@ def test_presets_map_to_recon_config():
         assert getattr(draft, key) < getattr(std, key) < getattr(high, key), key
     cfg = jobs.recon_config("draft", iterations=7, seed=3, resolution=None)
     assert (cfg.iterations, cfg.seed, cfg.resolution) == (7, 3, draft.resolution)
+    from dataclasses import fields
+
+    if "mesh" in {f.name for f in fields(ReconConfig)}:  # the mesh stage's extra settings
+        assert draft.mesh == jobs.QUALITY_PRESETS["draft"].mesh and draft.mesh["grid"] < 192
+        merged = jobs.recon_config("draft", mesh={"grid": 64, "smooth_iterations": 2}).mesh
+        assert merged == {**jobs.QUALITY_PRESETS["draft"].mesh, "grid": 64, "smooth_iterations": 2}
     with pytest.raises(InputError, match="unknown quality 'ultra'"):
         jobs.recon_config("ultra")
     with pytest.raises(InputError, match="unknown reconstruction option"):

@@ -166,7 +166,7 @@ def test_panels_draw_the_operators_and_settings(blender):
     assert {"mode", "selected_only", "photo_source", "quality", "device", "seed", "output_folder"} <= props
     assert [e[1] for e in main_log if e[0] == "operator"] == ["viewforge.reconstruct"]
     assert ("label", "0 of 0 cameras have a photo") in main_log
-    assert {e[1] for e in adv_log if e[0] == "prop"} == {"resolution", "iterations"}
+    assert {e[1] for e in adv_log if e[0] == "prop"} == {"resolution", "iterations", "faces", "texture_size"}
     assert [e[1] for e in gen_log if e[0] == "operator"] == ["viewforge.generate"]
     assert {"image_source", "image_path"} <= {e[1] for e in gen_log if e[0] == "prop"}
     assert ("label", "Not available in this version") in gen_log
