@@ -348,3 +348,123 @@ def test_reconstruct_operator_builds_an_aligned_textured_mesh(registered, tmp_pa
     iou = bbox_iou(bbox(world_vertices(obj)), source_box)
     assert iou >= 0.8, iou
     assert (tmp_path / "out" / "recon.glb").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# The job manager (bridge/jobs.py) with stand-in handles: the timer path, one job at a time
+# ---------------------------------------------------------------------------------------------
+
+
+class FakeHandle:
+    """Implements the worker interface; ends after ``steps`` polls in ``final`` state."""
+
+    def __init__(self, steps=2, final="done", result="R", error=None):
+        self.steps, self.final = steps, final
+        self.state, self.stage, self.fraction, self.message = "running", "fit", 0.0, ""
+        self.result, self.error, self.cancelling, self.killed = result, error, False, False
+
+    def poll(self):
+        self.steps -= 1
+        self.fraction = min(1.0, self.fraction + 0.5)
+        if self.steps <= 0:
+            self.state = "cancelled" if self.cancelling else self.final
+            return False
+        return True
+
+    def cancel(self):
+        self.cancelling = True
+
+    def kill(self):
+        self.killed = True
+
+
+def test_manager_imports_on_success_from_the_timer_function(registered):
+    from viewforge.bridge import jobs
+
+    calls, cleaned = [], []
+    h = FakeHandle(steps=3)
+    jobs.start(h, "test", on_success=lambda r: calls.append(r) or f"imported {r}", cleanup=lambda: cleaned.append(1), timer=False)
+    assert jobs.is_running() and jobs.status()["label"] == "test"
+    assert jobs.status_line() == "Viewforge test: fit 0%"
+    other = FakeHandle()
+    with pytest.raises(Exception, match="another Viewforge job \\(test\\) is running"):
+        jobs.start(other, "second", timer=False)
+    assert other.killed and other.cancelling  # refused jobs are stopped at once
+    assert jobs.tick() == jobs.POLL_INTERVAL_S and not calls
+    assert jobs.status_line() == "Viewforge test: fit 50%"
+    while jobs.tick() is not None:
+        pass
+    assert calls == ["R"] and cleaned == [1]
+    assert jobs.LAST.state == "done" and jobs.LAST.message == "imported R"
+
+
+def test_manager_reports_an_import_failure_and_stop_all(registered):
+    from viewforge.bridge import jobs
+    from viewforge.engine.errors import MeshError
+
+    def bad(_):
+        raise MeshError("mesh file x.glb has no triangles", "run again")
+
+    jobs.start(FakeHandle(steps=1), "test", on_success=bad, timer=False)
+    assert jobs.tick() is None
+    assert jobs.LAST.state == "failed" and jobs.LAST.message == "mesh file x.glb has no triangles. Fix: run again."
+    h = FakeHandle(steps=100)
+    jobs.start(h, "long", on_success=lambda r: pytest.fail("must not import"), timer=False)
+    jobs.stop_all()  # what loading a file or unregistering does
+    assert h.killed and jobs.ACTIVE is None and jobs.LAST.state == "cancelled"
+
+
+def test_status_bar_and_panel_show_a_running_job(registered):
+    import types
+
+    from test_register import _Layout
+    from viewforge.bridge import jobs
+    from viewforge.panels.main import VIEWFORGE_PT_main, _draw_status
+
+    jobs.start(FakeHandle(steps=5), "reconstruct", timer=False)
+    try:
+        jobs.tick()
+        log = []
+        _draw_status(types.SimpleNamespace(layout=_Layout(log)), registered.context)
+        assert log[0][0] == "progress" and log[0][1] == 0.5 and "reconstruct: fit 50%" in log[0][2]
+        assert log[1][1] == "viewforge.cancel"
+        log = []
+        VIEWFORGE_PT_main.draw(types.SimpleNamespace(layout=_Layout(log)), registered.context)
+        ops = [e[1] for e in log if e[0] == "operator"]
+        assert "viewforge.cancel" in ops and "viewforge.reconstruct" not in ops  # one job at a time
+        assert not registered.ops.viewforge.reconstruct.poll()
+    finally:
+        jobs.stop_all()
+
+
+def test_photos_from_a_folder_matched_by_camera_name(registered, tmp_path):
+    import json
+
+    from viewforge.bridge.reconstruct import ReconstructRequest, image_file_size, prepare_reconstruct
+
+    bpy = registered
+    folder = tmp_path / "photos"
+    png_photo(bpy, folder / "cam0.PNG", w=96, h=96)  # case-insensitive, twice the render size
+    png_photo(bpy, folder / "Cam1.png", seed=1)
+    from PIL import Image
+
+    Image.new("RGB", (48, 48)).save(folder / "Cam1.jpg")  # PNG preferred over JPEG
+    Image.new("RGB", (96, 48)).save(folder / "other.jpg")
+    assert image_file_size(folder / "other.jpg") == (96, 48) and image_file_size(folder / "cam0.PNG") == (96, 96)
+    for c in bpy.data.images:
+        bpy.data.images.remove(c)
+    add_cameras(bpy, 3)
+    before = scene_state(bpy)
+    req = ReconstructRequest(photo_source="FOLDER", photo_folder=str(folder), output_folder=str(tmp_path / "out"))
+    prepared = prepare_reconstruct(bpy.context.scene, req)
+    try:
+        assert prepared.camera_names == ["Cam0", "Cam1"]
+        assert prepared.warnings == ["1 camera(s) without a photo were skipped: Cam2"]
+        meta = json.loads(Path(prepared.spec.input).read_text())
+        assert [f["file_path"] for f in meta["frames"]] == ["images/Cam0.png", "images/Cam1.png"]
+        assert [(f.get("w", meta.get("w")), f.get("h", meta.get("h"))) for f in meta["frames"]] == [(96, 96), (48, 48)]
+        assert prepared.spec.output == str(tmp_path / "out" / "Scene_reconstruction.glb")
+        assert scene_state(bpy) == before
+    finally:
+        prepared.cleanup()
+    assert not prepared.work_dir.exists()

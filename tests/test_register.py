@@ -170,3 +170,29 @@ def test_panels_draw_the_operators_and_settings(blender):
     assert [e[1] for e in gen_log if e[0] == "operator"] == ["viewforge.generate"]
     assert {"image_source", "image_path"} <= {e[1] for e in gen_log if e[0] == "prop"}
     assert ("label", "Not available in this version") in gen_log
+
+
+@pytest.mark.blender
+def test_preferences_draw_device_cache_and_dependency_status(blender, monkeypatch):
+    import viewforge
+    from viewforge.bridge import deps
+    from viewforge.operators.settings import get_preferences
+    from viewforge.panels.main import draw_preferences
+
+    real = deps.find_spec
+    monkeypatch.setattr(deps, "find_spec", lambda name: None if name == "diffusers" else real(name))
+    viewforge.register()
+    try:
+        prefs = get_preferences(blender.context)  # defaults: the add-on is registered, not enabled
+        assert (prefs.device, prefs.offline, prefs.wheel_folder) == ("AUTO", False, "")
+        log = []
+        draw_preferences(prefs, _Layout(log), blender.context)
+    finally:
+        viewforge.unregister()
+    props = [e[1] for e in log if e[0] == "prop"]
+    assert {"device", "model_cache", "offline", "install_platform", "wheel_folder"} <= set(props)
+    labels = [e[1] for e in log if e[0] == "label"]
+    assert "Reconstruct: all installed" in labels
+    assert "Generate: missing diffusers" in labels
+    assert any("Online access is off" in (t or "") for t in labels)
+    assert [e[1] for e in log if e[0] == "operator"] == ["viewforge.install_dependencies"]
