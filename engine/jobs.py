@@ -42,8 +42,9 @@ from .progress import CancelToken, ProgressCallback, ProgressEvent
 
 log = logging.getLogger(__name__)
 
-#: Seconds a cancelled worker may take to stop by itself before it is killed.
-CANCEL_GRACE_S = 2.0
+#: Seconds a cancelled worker may take to stop by itself before it is killed (so a cancel always
+#: takes effect within 2 s, polling included).
+CANCEL_GRACE_S = 1.5
 #: Minimum seconds between two progress messages of one stage from the worker (UI refresh rate).
 PROGRESS_INTERVAL_S = 0.1
 

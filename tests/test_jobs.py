@@ -177,7 +177,7 @@ def test_cancel_kills_a_job_that_does_not_stop():
     job.cancel()
     assert job.wait(timeout=10)
     elapsed = time.monotonic() - t
-    assert jobs.CANCEL_GRACE_S <= elapsed < jobs.CANCEL_GRACE_S + 1.5
+    assert jobs.CANCEL_GRACE_S <= elapsed < 2.0  # the bound: cancelled within 2 s
     assert job.state == "cancelled" and not job._process.is_alive()
     assert job._process.exitcode == -signal.SIGKILL
 
