@@ -57,7 +57,9 @@ def start_generate(context, settings, device: str, timer: bool = True) -> list[s
     spec = JobSpec("generate", str(image), str(out), {"device": device, "seed": int(settings.seed)}, name=out.stem)
     prepared = PreparedJob(spec, work, context.scene.name, out.stem, settings.keep_output)
     cursor = tuple(context.scene.cursor.location)
-    handle = JobProcess(spec)
+    from .reconstruct import WORKER_NICE
+
+    handle = JobProcess(spec, nice=WORKER_NICE if timer else 0)
 
     def on_success(result) -> str:
         obj = import_result(prepared, result, location=cursor)

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".webp", ".bmp")
 #: Fewest photos a reconstruction accepts.
 MIN_PHOTOS = 2
+#: CPU priority decrease of interactive jobs' workers (the UI keeps its share of the cores).
+WORKER_NICE = 5
 #: Output format of the operator's job (the textured mesh of the mesh stage).
 OUTPUT_SUFFIX = ".glb"
 
@@ -344,7 +346,7 @@ def start_reconstruct(scene, req: ReconstructRequest, view_layer=None, env: dict
         )
     prepared = prepare_reconstruct(scene, req, view_layer)
     try:
-        handle = JobProcess(prepared.spec, env=env)
+        handle = JobProcess(prepared.spec, env=env, nice=WORKER_NICE if timer else 0)
     except BaseException:
         prepared.cleanup()
         raise

@@ -213,10 +213,14 @@ def error_from_message(class_name: str, message: str, fix: str) -> ViewforgeErro
     return err
 
 
-def worker_main(spec: dict[str, Any], conn: Any, cancel_event: Any, env: dict[str, str] | None = None) -> None:
-    """Entry point of the worker process: set ``env`` (model cache, offline mode), run the job,
+def worker_main(spec: dict[str, Any], conn: Any, cancel_event: Any, env: dict[str, str] | None = None, nice: int = 0) -> None:
+    """Entry point of the worker process: set ``env`` (model cache, offline mode) and the
+    scheduling priority (``nice`` > 0: lower, so the caller's UI stays responsive), run the job,
     send progress and one final message."""
     os.environ.update(env or {})
+    if nice > 0 and hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.WARNING, format="viewforge worker: %(levelname)s: %(name)s: %(message)s")
     cancel = CancelToken(cancel_event)
@@ -300,9 +304,10 @@ class JobProcess:
     ``message`` are the latest progress; ``result`` (:class:`JobResult`) or ``error``
     (:class:`ViewforgeError`) are set when it ends."""
 
-    def __init__(self, spec: JobSpec, env: dict[str, str] | None = None) -> None:
+    def __init__(self, spec: JobSpec, env: dict[str, str] | None = None, nice: int = 0) -> None:
         """Start the worker for ``spec``; ``env``: environment variables set in the worker only
-        (e.g. ``HF_HOME``, ``HF_HUB_OFFLINE``)."""
+        (e.g. ``HF_HOME``, ``HF_HUB_OFFLINE``); ``nice``: lower the worker's CPU priority by this
+        much (POSIX; Blender passes 5 so that its UI stays responsive)."""
         import multiprocessing as mp
 
         self.spec = spec
@@ -324,7 +329,7 @@ class JobProcess:
         self._process = ctx.Process(
             target=runpy.run_module,
             args=(module,),
-            kwargs={"init_globals": {"WORKER_ARGS": (spec.to_dict(), send, self._event, dict(env or {}))}, "run_name": "__viewforge_worker__"},
+            kwargs={"init_globals": {"WORKER_ARGS": (spec.to_dict(), send, self._event, dict(env or {}), int(nice))}, "run_name": "__viewforge_worker__"},
             name=f"viewforge-{spec.kind}",
             daemon=True,
         )

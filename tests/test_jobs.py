@@ -75,6 +75,11 @@ def stubborn_job(spec, progress, cancel):
     time.sleep(60)
 
 
+def nice_job(spec, progress, cancel):
+    """Reports the worker's niceness and an environment variable."""
+    return jobs.JobResult("", {"nice": os.nice(0), "env": os.environ.get("VF_TEST_VALUE")})
+
+
 def crashing_job(spec, progress, cancel):
     progress(jobs.ProgressEvent("crash", 0.5, "about to die"))
     os.kill(os.getpid(), signal.SIGKILL)
@@ -180,6 +185,14 @@ def test_cancel_kills_a_job_that_does_not_stop():
     assert jobs.CANCEL_GRACE_S <= elapsed < 2.0  # the issue's bound: cancelled within 2 s
     assert job.state == "cancelled" and not job._process.is_alive()
     assert job._process.exitcode == -signal.SIGKILL
+
+
+def test_worker_environment_and_priority():
+    base = os.nice(0)
+    job = jobs.JobProcess(jobs.JobSpec("test_jobs:nice_job", "", ""), env={"VF_TEST_VALUE": "x"}, nice=5)
+    assert job.wait(timeout=30) and job.state == "done", job.error
+    assert job.result.metrics == {"nice": min(base + 5, 19), "env": "x"}
+    assert "VF_TEST_VALUE" not in os.environ
 
 
 def test_a_worker_crash_is_an_error_not_a_hang():
