@@ -1,5 +1,5 @@
-"""Reconstruction job: posed set -> fitted splats (+ held-out metrics), as ``viewforge
-reconstruct`` runs it. Mesh extraction (GLB/.blend output) plugs in after the fit."""
+"""Reconstruction job: posed set -> fitted splats -> (for mesh outputs) a UV-textured mesh, with
+held-out metrics, as ``viewforge reconstruct`` runs it."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ import numpy as np
 from .errors import InputError, OutputError
 from .io.atomic import atomic_file, check_output_path
 from .io.types import PosedSet
-from .progress import CancelToken, ProgressCallback
+from .progress import CancelToken, ProgressCallback, check
 
 log = logging.getLogger(__name__)
 
 SPLAT_SUFFIXES = (".ply",)
+#: Mesh outputs the engine writes itself (.blend is written by the command line through bpy).
+MESH_SUFFIXES = (".glb",)
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,11 @@ class ReconConfig:
     """views: training views (None = every frame not held out). holdout: held-out views for
     metrics. resolution: longer image side in pixels (None = as stored). iterations, device,
     seed: see FitConfig. pose_refine: refine the cameras jointly. faces: face budget of the mesh
-    (mesh outputs only). texture_size: side of the baked base-colour texture in pixels."""
+    (mesh outputs only). texture_size: side of the baked base-colour texture in pixels.
+    bake_resolution: longer side of the photos the texture is baked from (None: as stored;
+    never below ``resolution``). gt_mesh: ground-truth mesh for chamfer/F-score in the metrics
+    (in the posed set's frame, or mapped into it by a ``normalization`` entry of transforms.json).
+    mesh: extra settings of the mesh stage (MeshConfig fields other than faces and texture_size)."""
 
     views: int | None = None
     holdout: int = 0
@@ -40,14 +46,24 @@ class ReconConfig:
     pose_refine: bool = False
     faces: int = 50000
     texture_size: int = 2048
+    bake_resolution: int | None = 1024
+    gt_mesh: str | None = None
+    mesh: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class ReconResult:
+    """output: the file written. metrics: DESIGN.md's metrics JSON (plus views, holdout, ...).
+    splats: the fitted Gaussians. mesh: the textured mesh (mesh outputs only). cameras: the
+    training cameras as fitted (refined when pose refinement was on)."""
+
     output: Path
     metrics: dict[str, Any]
     train_names: list[str] = field(default_factory=list)
     heldout_names: list[str] = field(default_factory=list)
+    splats: Any = None
+    mesh: Any = None
+    cameras: list = field(default_factory=list)
 
 
 def split_views(n_frames: int, views: int | None, holdout: int) -> tuple[list[int], list[int]]:
@@ -115,23 +131,35 @@ def reconstruct(
     config: ReconConfig = ReconConfig(),
     *,
     metrics_path: str | os.PathLike | None = None,
+    splats_path: str | os.PathLike | None = None,
     fit_overrides: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> ReconResult:
-    """Load the posed set, fit splats to the training views, write ``output`` (.ply splats) and
-    optionally the metrics JSON of DESIGN.md. Nothing is written at either path on failure."""
+    """Load the posed set, fit splats to the training views and write ``output``: .ply = the
+    splats (3DGS format), .glb = the whole chain to a UV-textured mesh (engine/mesh). Optionally
+    the metrics JSON of DESIGN.md (PSNR/SSIM of the output at the held-out views; for meshes
+    also the splats' as psnr_splat/ssim_splat) and, for mesh outputs, the splats at
+    ``splats_path``. Nothing is written at any path on failure or cancel."""
     from .io.posed import load_posed_set
     from .splat.fit import FitConfig, fit_splats
     from .splat.model import write_splat_ply
 
     out = check_output_path(output)
-    if out.suffix.lower() not in SPLAT_SUFFIXES:
+    suffix = out.suffix.lower()
+    if suffix not in SPLAT_SUFFIXES + MESH_SUFFIXES:
         raise OutputError(
-            f"output {out.name}: '{out.suffix}' output is not available yet (meshes come with the mesh stage)",
-            "write Gaussian splats with an .ply output path",
+            f"output {out.name}: '{out.suffix}' is not an output format of reconstruct",
+            "use .glb (textured mesh), .blend (textured mesh, command line) or .ply (Gaussian splats)",
         )
+    want_mesh = suffix in MESH_SUFFIXES
     mpath = check_output_path(metrics_path, (".json",)) if metrics_path is not None else None
+    spath = check_output_path(splats_path, (".ply",)) if splats_path is not None else None
+    gt = None
+    if config.gt_mesh is not None:
+        from .io.mesh import read_mesh
+
+        gt = read_mesh(config.gt_mesh)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     posed = load_posed_set(transforms, resolution=config.resolution, progress=progress, cancel=cancel)
@@ -149,27 +177,104 @@ def reconstruct(
     t = time.perf_counter()
     scores = evaluate_views(result.splats, held, config.device)
     seconds["eval"] = time.perf_counter() - t
-    t = time.perf_counter()
-    write_splat_ply(result.splats, out)
-    seconds["write"] = time.perf_counter() - t
+    mesh = None
+    extra: dict[str, Any] = {}
+    if want_mesh:
+        mesh, mesh_seconds, extra = _mesh_stage(transforms, posed, train_ids, result, held, gt, config, progress, cancel)
+        seconds.update(mesh_seconds)
+        extra["psnr_splat"], extra["ssim_splat"] = scores["psnr"], scores["ssim"]
+        scores = {k: extra.pop(f"{k}_mesh") for k in ("psnr", "ssim", "lpips")}
+    elif gt is not None:
+        log.warning("--gt-mesh is ignored for splat (.ply) output: chamfer and F-score need a mesh")
     metrics = {
         **scores,
-        "chamfer": None,
-        "fscore": None,
+        "chamfer": extra.pop("chamfer", None),
+        "fscore": extra.pop("fscore", None),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "peak_rss_mb": None if (rss := peak_rss_mb()) is None else round(rss, 1),
         "num_gaussians": result.splats.num,
-        "num_faces": None,
+        "num_faces": None if mesh is None else mesh.num_faces,
         "views": len(train),
         "holdout": len(held_ids),
         "iterations": result.iterations,
         "resolution": config.resolution,
+        **extra,
     }
-    if mpath is not None:
-        try:
+    written: list[Path] = []
+    try:
+        check(cancel)
+        t = time.perf_counter()
+        if want_mesh:
+            from .io.mesh import write_mesh
+
+            write_mesh(mesh, out)
+            written.append(out)
+            if spath is not None:
+                write_splat_ply(result.splats, spath)
+                written.append(spath)
+        else:
+            write_splat_ply(result.splats, out)
+            written.append(out)
+        metrics["seconds"]["write"] = round(time.perf_counter() - t, 3)
+        if mpath is not None:
             with atomic_file(mpath) as tmp:
                 tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        except BaseException:
-            out.unlink(missing_ok=True)
-            raise
-    return ReconResult(out, metrics, [posed.names[i] for i in train_ids], [posed.names[i] for i in held_ids])
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return ReconResult(out, metrics, [posed.names[i] for i in train_ids], [posed.names[i] for i in held_ids],
+                       splats=result.splats, mesh=mesh, cameras=result.cameras)
+
+
+def _stored_long_side(transforms) -> int | None:
+    """Longer side in pixels of the first frame's image file (None if it cannot be read)."""
+    from PIL import Image
+
+    from .io.posed import read_transforms, resolve_image_path
+
+    try:
+        meta = read_transforms(transforms)
+        p = Path(transforms).expanduser()
+        root = p if p.is_dir() else p.parent
+        img = resolve_image_path(root, meta["frames"][0]["file_path"])
+        with Image.open(img) as im:
+            return max(im.size)
+    except Exception:  # noqa: BLE001 - only an optimisation: keep the fit's images
+        return None
+
+
+def _mesh_stage(transforms, posed: PosedSet, train_ids: list[int], fit, held: PosedSet | None, gt, config: ReconConfig,
+                progress, cancel) -> tuple[Any, dict[str, float], dict[str, Any]]:
+    """Splats -> textured mesh, baked from the training photos at ``bake_resolution`` (at the
+    fitted cameras); returns the mesh, seconds per stage and mesh metrics (psnr_mesh, ...)."""
+    from .io.posed import load_posed_set
+    from .mesh import MeshConfig, splats_to_mesh
+    from .mesh.evaluate import chamfer_fscore, gt_in_camera_frame, image_scores
+
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    photos = _subset(posed, train_ids)
+    stored = _stored_long_side(transforms)
+    target = stored if config.bake_resolution is None or stored is None else min(stored, config.bake_resolution)
+    current = max(posed.cameras[0].width, posed.cameras[0].height)
+    if target is not None and target > current:  # sharper photos for the texture, never upsampled
+        full = load_posed_set(transforms, resolution=None if target == stored else target, cancel=cancel)
+        photos = _subset(full, train_ids)
+    # the fitted (possibly refined) training cameras, at the bake photos' size
+    cams = [c.resized(p.width, p.height) for c, p in zip(fit.cameras, photos.cameras)]
+    photos = PosedSet(cams, photos.images, photos.masks, photos.names, photos.meta)
+    seconds["bake_load"] = time.perf_counter() - t
+    mesh_cfg = MeshConfig(faces=config.faces, texture_size=config.texture_size, device=config.device, **config.mesh)
+    res = splats_to_mesh(fit.splats, photos, mesh_cfg, name=Path(str(transforms)).parent.name or "viewforge_mesh",
+                         progress=progress, cancel=cancel)
+    seconds.update({f"mesh_{k}": v for k, v in res.seconds.items()})
+    t = time.perf_counter()
+    extra: dict[str, Any] = {"psnr_mesh": None, "ssim_mesh": None, "lpips_mesh": None,
+                             "texture_coverage": {k: round(v, 4) for k, v in res.coverage.items()}}
+    if held is not None:
+        extra.update({f"{k}_mesh": v for k, v in image_scores(res.mesh, held).items()})
+    if gt is not None:
+        extra.update(chamfer_fscore(res.mesh, gt_in_camera_frame(gt, posed.meta)))
+    seconds["mesh_eval"] = time.perf_counter() - t
+    return res.mesh, seconds, extra

@@ -41,12 +41,13 @@ class MeshConfig:
     grid: TSDF voxels along the longest side of the object's box (default 192).
     fuse_views: virtual views rendered from the splats for fusion (default 48).
     fuse_size: their image size in pixels (default 256).
-    alpha_threshold: rendered alpha above which a pixel is solid (default 0.5).
+    alpha_threshold: rendered alpha above which a pixel is solid, below which its ray is carved
+        (default 0.2: the Gaussians' soft silhouette edge; 0.5 shrinks the mesh, docs/mesh.md).
     truncation_voxels: TSDF truncation in voxels (default 3).
     depth_sigmas: each Gaussian's depth is taken this many standard deviations (along the view
-        ray) in front of its centre for the median depth (default 1.5: unbiased against the
-        true surface on our test objects, where the centres' depth lies ~0.02 of the object size
-        inside; docs/mesh.md).
+        ray) in front of its centre for the median depth (default 2: the centres lie inside the
+        surface; 1.5 is unbiased in depth on the demo object, 2 matches its silhouettes and
+        held-out renders best; docs/mesh.md has the measurements).
     min_component: components with less than this fraction of the largest's area are dropped.
     smooth_iterations: Taubin smoothing passes after marching cubes (default 5).
     bake_render_views: splat renders used for texels no photo sees (default 24; 0 = none).
@@ -59,9 +60,9 @@ class MeshConfig:
     grid: int = 192
     fuse_views: int = 48
     fuse_size: int = 256
-    alpha_threshold: float = 0.5
+    alpha_threshold: float = 0.2
     truncation_voxels: float = 3.0
-    depth_sigmas: float = 1.5
+    depth_sigmas: float = 2.0
     min_component: float = 0.05
     smooth_iterations: int = 5
     bake_render_views: int = 24

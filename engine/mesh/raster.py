@@ -101,9 +101,20 @@ def sample_bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
-def render_textured(mesh, camera: Camera) -> tuple[np.ndarray, np.ndarray]:
-    """Unlit render of a textured (or vertex-coloured) mesh: rgb (H, W, 3) float32 in [0, 1] on
-    black, and coverage alpha (H, W) float32 in {0, 1}. Surfaces without colour render grey."""
+def render_textured(mesh, camera: Camera, supersample: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Unlit render of a textured (or vertex-coloured) mesh: rgb (H, W, 3) float32 in [0, 1]
+    (straight, not premultiplied; black where nothing covers), and coverage alpha (H, W)
+    float32. ``supersample`` x
+    ``supersample`` samples per pixel, box-filtered (anti-aliased edges, as a renderer's).
+    Surfaces without colour render grey."""
+    if supersample > 1:
+        big = camera.resized(camera.width * supersample, camera.height * supersample)
+        rgb, alpha = render_textured(mesh, big, 1)
+        k = supersample
+        h, w = camera.height, camera.width
+        premult = (rgb * alpha[..., None]).reshape(h, k, w, k, 3).mean((1, 3))
+        a = alpha.reshape(h, k, w, k).mean((1, 3))
+        return premult / np.maximum(a, 1e-6)[..., None], a
     frags = rasterize_mesh(mesh.vertices, mesh.faces, camera)
     rgb = np.zeros((camera.height, camera.width, 3), dtype=np.float32)
     m = frags.mask
