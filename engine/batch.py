@@ -42,7 +42,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 class BatchConfig:
     """quality: a key of QUALITY_PRESETS; device, seed: passed to every job; output_format: .glb
     (textured mesh) or .ply (Gaussian splats; reconstruct only); resolution, iterations: override
-    the preset (None = the preset's); isolate: run each job in its own worker process."""
+    the preset (None = the preset's); views: training views per posed set (None = all); isolate: run each job in its own worker process."""
 
     quality: str = "standard"
     device: str = "auto"
@@ -50,6 +50,7 @@ class BatchConfig:
     output_format: str = ".glb"
     resolution: int | None = None
     iterations: int | None = None
+    views: int | None = None
     isolate: bool = True
 
 
@@ -149,6 +150,8 @@ def run_batch(
         options["resolution"] = int(config.resolution)
     if config.iterations is not None:
         options["iterations"] = int(config.iterations)
+    if config.views is not None:
+        options["views"] = int(config.views)
     rows: list[BatchRow] = []
     for i, (item, name) in enumerate(zip(items, _output_names(items, config.output_format))):
         spec = JobSpec(item.kind, str(item.path), str(out / name), dict(options), name=item.name)
