@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .engine.errors import Cancelled, ViewforgeError
+from .engine.errors import Cancelled, InputError, ViewforgeError
 from .engine.progress import ProgressEvent
 
 PROG = "viewforge"
@@ -169,29 +169,39 @@ def _run_render_views(args: argparse.Namespace, progress: ProgressBar) -> int:
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created; its parent must exist)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="OUT.glb: the reconstructed mesh, with the demo's files in the folder OUT (without .glb); "
+                        "or a folder (the mesh is OUT/reconstruction.glb). Parent folders must exist")
     _add_render_options(p)
     p.add_argument("--iterations", type=int, default=1500, metavar="I",
                    help="reconstruction steps on the rendered set (default 1500; 0 = render only)")
     p.add_argument("--fit-resolution", type=_positive_int, default=128, metavar="R",
                    help="image size for the reconstruction (default 128)")
+    p.add_argument("--faces", type=_positive_int, default=50000, metavar="F", help="mesh face budget (default 50000)")
+    p.add_argument("--texture-size", type=_positive_int, default=2048, metavar="T",
+                   help="texture size in pixels (default 2048)")
 
 
 def _demo_reconstruct(work: Path, args: argparse.Namespace, progress: ProgressBar) -> list[tuple[str, str]]:
-    """The demo's reconstruction step: ``work/posed`` -> Gaussian splats in ``work``, with one in
-    six views held out for PSNR/SSIM. (The mesh stage will turn this into a textured mesh.)"""
+    """The demo's reconstruction step: ``work/posed`` -> a textured mesh ``work/reconstruction.glb``
+    (+ the splats), with one in six views held out for PSNR/SSIM and the procedural object as
+    ground truth for chamfer/F-score."""
     if args.iterations <= 0:
         return []
     from .engine.recon import ReconConfig, reconstruct
 
     holdout = args.views // 6 if args.views >= 6 else 0
-    cfg = ReconConfig(holdout=holdout, resolution=args.fit_resolution, iterations=args.iterations, seed=args.seed)
-    res = reconstruct(work / "posed" / "transforms.json", work / "splats.ply", cfg,
-                      metrics_path=work / "metrics.json", progress=progress)
+    cfg = ReconConfig(holdout=holdout, resolution=args.fit_resolution, iterations=args.iterations, seed=args.seed,
+                      faces=args.faces, texture_size=args.texture_size, gt_mesh=str(work / "object.glb"))
+    res = reconstruct(work / "posed" / "transforms.json", work / "reconstruction.glb", cfg,
+                      metrics_path=work / "metrics.json", splats_path=work / "splats.ply", progress=progress)
     m = res.metrics
-    quality = f"; held-out PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}" if m["psnr"] is not None else ""
+    quality = (f"; held-out PSNR {m['psnr']:.2f} dB (splats {m['psnr_splat']:.2f} dB)"
+               if m["psnr"] is not None else "")
     return [
-        ("splats.ply", f"{m['num_gaussians']} Gaussians fitted to {m['views']} views{quality}"),
+        ("reconstruction.glb", f"textured mesh, {m['num_faces']} faces, {args.texture_size} px texture{quality}; "
+                               f"chamfer {m['chamfer']:.4f}, F-score@0.1 {m['fscore']:.4f}"),
+        ("splats.ply", f"{m['num_gaussians']} Gaussians fitted to {m['views']} views"),
         ("metrics.json", "metrics (DESIGN.md format) and seconds per stage"),
     ]
 
@@ -199,10 +209,15 @@ def _demo_reconstruct(work: Path, args: argparse.Namespace, progress: ProgressBa
 def _run_demo(args: argparse.Namespace, progress: ProgressBar) -> int:
     from .bridge.render import check_output_folder, check_render_settings
     from .engine.demo import demo_mesh
-    from .engine.io.atomic import atomic_dir
+    from .engine.io.atomic import atomic_dir, atomic_file, check_output_path
     from .engine.io.mesh import write_glb
 
-    out = check_output_folder(args.output, "object.glb", "Viewforge demo output")
+    requested = Path(args.output).expanduser()
+    mesh_out = None
+    if requested.suffix.lower() == ".glb":
+        mesh_out = check_output_path(requested, (".glb",))
+        requested = requested.with_suffix("")
+    out = check_output_folder(requested, "object.glb", "Viewforge demo output")
     elevation = _elevation(args.elevation)
     check_render_settings(
         views=args.views, resolution=args.resolution, elevation=elevation, fov_deg=args.fov, samples=args.samples
@@ -232,9 +247,17 @@ def _run_demo(args: argparse.Namespace, progress: ProgressBar) -> int:
             ("posed/images/", f"{args.views} RGBA PNGs, {args.resolution}x{args.resolution}"),
         ]
         rows += _demo_reconstruct(work, args, progress)
+        if mesh_out is not None and args.iterations > 0:
+            import shutil
+
+            with atomic_file(mesh_out) as tmp:
+                shutil.copyfile(work / "reconstruction.glb", tmp)
     progress.close()
     width = max(len(r[0]) for r in rows)
-    print(f"{PROG} demo: wrote {out}")
+    if mesh_out is not None and args.iterations > 0:
+        print(f"{PROG} demo: wrote {mesh_out} (the reconstruction) and {out}")
+    else:
+        print(f"{PROG} demo: wrote {out}")
     for rel, what in rows:
         print(f"  {rel:<{width}}  {what}")
     return 0
@@ -247,7 +270,8 @@ def _run_demo(args: argparse.Namespace, progress: ProgressBar) -> int:
 
 def _add_reconstruct(p: argparse.ArgumentParser) -> None:
     p.add_argument("transforms", metavar="TRANSFORMS_JSON", help="posed set: transforms.json (or its folder)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file: .ply (3D Gaussian splats)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file: .glb or .blend (UV-textured mesh) or .ply (3D Gaussian splats)")
     p.add_argument("--views", type=_positive_int, default=None, metavar="N",
                    help="training views, evenly spaced over the frames not held out (default: all)")
     p.add_argument("--holdout", type=int, default=0, metavar="K",
@@ -258,8 +282,36 @@ def _add_reconstruct(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="compute device (default auto: CUDA, else Apple MPS, else CPU)")
     p.add_argument("--refine-poses", action="store_true", help="refine the camera poses jointly with the fit")
+    p.add_argument("--faces", type=_positive_int, default=50000, metavar="F",
+                   help="mesh face budget (default 50000; capped to 500..2000000)")
+    p.add_argument("--texture-size", type=_positive_int, default=2048, metavar="T",
+                   help="base-colour texture size in pixels (default 2048; capped to 64..8192)")
+    p.add_argument("--splats", metavar="SPLATS.ply", default=None,
+                   help="with a mesh output: also write the fitted Gaussians here")
+    p.add_argument("--gt-mesh", metavar="GT", default=None,
+                   help="ground-truth mesh: adds chamfer and F-score@0.1 to the metrics (mesh outputs)")
     p.add_argument("--metrics", metavar="M.json", default=None, help="write the metrics JSON (DESIGN.md) here")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+
+
+def _reconstruct_to(output: Path, run: Callable[[Path], object]):
+    """Run ``run(path)`` for a .glb/.ply output directly; for .blend, into a temporary .glb that
+    is then built into the .blend through bpy (atomically; nothing left behind on failure)."""
+    if output.suffix.lower() != ".blend":
+        return run(output)
+    import tempfile
+
+    from .engine.io.atomic import check_output_path
+    from .engine.io.mesh import read_mesh
+
+    check_output_path(output, (".blend",))
+    with tempfile.TemporaryDirectory(prefix="viewforge-") as tmp:
+        res = run(Path(tmp) / f"{output.stem}.glb")
+        from .bridge.blendfile import save_mesh_blend  # imports bpy only when called
+
+        save_mesh_blend(res.mesh if getattr(res, "mesh", None) is not None else read_mesh(res.output), output)
+        res.output = output.expanduser().absolute()
+        return res
 
 
 def _run_reconstruct(args: argparse.Namespace, progress: ProgressBar) -> int:
@@ -267,16 +319,60 @@ def _run_reconstruct(args: argparse.Namespace, progress: ProgressBar) -> int:
 
     cfg = ReconConfig(
         views=args.views, holdout=args.holdout, resolution=args.resolution, iterations=args.iterations,
-        device=args.device, seed=args.seed, pose_refine=args.refine_poses,
+        device=args.device, seed=args.seed, pose_refine=args.refine_poses, faces=args.faces,
+        texture_size=args.texture_size, gt_mesh=args.gt_mesh,
     )
-    res = reconstruct(args.transforms, args.output, cfg, metrics_path=args.metrics, progress=progress)
+    if args.gt_mesh is not None and not Path(args.gt_mesh).expanduser().is_file():
+        raise InputError(f"ground-truth mesh {args.gt_mesh} not found", "give the path of a .glb/.gltf/.obj/.ply mesh")
+    res = _reconstruct_to(
+        Path(args.output),
+        lambda out: reconstruct(args.transforms, out, cfg, metrics_path=args.metrics, splats_path=args.splats,
+                                progress=progress),
+    )
     progress.close()
     m = res.metrics
     quality = f", held-out PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}" if m["psnr"] is not None else ""
+    if m.get("psnr_splat") is not None:
+        quality += f" (splats {m['psnr_splat']:.2f} dB)"
+    if m["chamfer"] is not None:
+        quality += f", chamfer {m['chamfer']:.4f}, F-score {m['fscore']:.4f}"
+    what = (f"{m['num_faces']} faces" if m["num_faces"] is not None else f"{m['num_gaussians']} Gaussians")
     print(
-        f"{PROG} reconstruct: wrote {res.output} ({m['num_gaussians']} Gaussians from {m['views']} views, "
+        f"{PROG} reconstruct: wrote {res.output} ({what} from {m['views']} views, "
         f"{sum(m['seconds'].values()):.0f} s{quality})"
     )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# eval
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pred", metavar="PRED", help="predicted mesh (.glb/.gltf/.obj/.ply)")
+    p.add_argument("--gt", metavar="GT", default=None, help="ground-truth mesh: chamfer and F-score@0.1")
+    p.add_argument("--views", metavar="TRANSFORMS_JSON", default=None,
+                   help="posed set: PSNR/SSIM of the textured mesh at its cameras (and the frame of --gt "
+                        "when its transforms.json records a normalization, as render-views writes)")
+    p.add_argument("--resolution", type=_positive_int, default=None, metavar="R",
+                   help="longer image side for the image metrics (default: as stored)")
+    p.add_argument("--metrics", metavar="M.json", default=None, help="write the metrics JSON here")
+
+
+def _run_eval(args: argparse.Namespace, progress: ProgressBar) -> int:
+    import json
+
+    from .engine.mesh.evaluate import evaluate_mesh, write_metrics
+
+    if args.metrics is not None:
+        from .engine.io.atomic import check_output_path
+
+        check_output_path(args.metrics, (".json",))
+    m = evaluate_mesh(args.pred, args.gt, args.views, resolution=args.resolution)
+    if args.metrics is not None:
+        write_metrics(m, args.metrics)
+    print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items()}))
     return 0
 
 
@@ -333,26 +429,41 @@ COMMANDS: list[Command] = [
     ),
     Command(
         "reconstruct",
-        "fit 3D Gaussian splats to a posed set (transforms.json + images)",
-        "Fit 3D Gaussians to the images of a posed set at their cameras (NeRF/Blender transforms.json). "
-        "Writes OUT (.ply: the standard 3D Gaussian splatting format). With --holdout K, K frames are "
-        "kept out of the fit and PSNR/SSIM are measured on them (rendered on white); --metrics writes "
-        "those and the stage timings as JSON.",
+        "reconstruct a UV-textured mesh (or Gaussian splats) from a posed set",
+        "Fit 3D Gaussians to the images of a posed set at their cameras (NeRF/Blender transforms.json), "
+        "then, for a .glb or .blend OUT, extract a mesh (TSDF fusion + marching cubes), simplify it to "
+        "--faces, unwrap it (xatlas) and bake a --texture-size base-colour texture from the photos. "
+        "A .ply OUT is the Gaussians themselves (the standard 3D Gaussian splatting format). The "
+        "result is in the cameras' frame. With --holdout K, K frames are kept out of the fit and "
+        "PSNR/SSIM of the output are measured on them (on white); --metrics writes those, "
+        "chamfer/F-score with --gt-mesh, and the stage timings as JSON.",
         _add_reconstruct,
         _run_reconstruct,
-        "example: viewforge reconstruct lego/transforms_train.json -o lego.ply --views 24 --holdout 8 "
+        "example: viewforge reconstruct lego/transforms_train.json -o lego.glb --views 24 --holdout 8 "
         "--resolution 200 --metrics m.json",
     ),
     Command(
+        "eval",
+        "measure a mesh against a ground truth (chamfer, F-score) and at posed views (PSNR, SSIM)",
+        "Chamfer distance and F-score@0.1 between PRED and --gt (100k surface samples each, both "
+        "normalised so the ground truth's bounding box has its longest side spanning [-1, 1]), and "
+        "PSNR/SSIM of the textured PRED rendered (unlit) at the cameras of --views against its images, "
+        "both on white. Prints the metrics JSON; --metrics writes it.",
+        _add_eval,
+        _run_eval,
+        "example: viewforge eval duck.glb --gt Duck.glb --views /tmp/duck/transforms.json --metrics m.json",
+    ),
+    Command(
         "demo",
-        "build the procedural demo object, render a posed set of it and reconstruct it",
+        "build the procedural demo object, render a posed set of it and reconstruct a textured mesh",
         "Build Viewforge's procedural test object (a textured pawn with a handle and a nose; no "
-        "third-party asset), write it as OUT/object.glb, render OUT/posed/ (transforms.json + "
-        "images/) from it with render-views, and reconstruct Gaussian splats from that set "
-        "(OUT/splats.ply, OUT/metrics.json with held-out PSNR/SSIM).",
+        "third-party asset), write it as DIR/object.glb, render DIR/posed/ (transforms.json + "
+        "images/) from it with render-views, and reconstruct it: DIR/reconstruction.glb (UV-textured "
+        "mesh), DIR/splats.ply, DIR/metrics.json (held-out PSNR/SSIM, chamfer and F-score against the "
+        "object). With -o OUT.glb, DIR is OUT without .glb and the mesh is also written to OUT.glb.",
         _add_demo,
         _run_demo,
-        "example: viewforge demo -o demo",
+        "example: viewforge demo -o demo.glb",
     ),
     Command(
         "batch",
