@@ -97,9 +97,6 @@ def _redraw() -> None:
             for area in window.screen.areas:
                 if area.type in {"VIEW_3D", "PROPERTIES", "STATUSBAR", "PREFERENCES"}:
                     area.tag_redraw()
-            # the status bar is a global area (not in screen.areas): resetting its text redraws it
-            with bpy.context.temp_override(window=window, screen=window.screen):
-                window.workspace.status_text_set_internal(None)
     except Exception:  # noqa: BLE001  (no UI: background mode)
         pass
 
