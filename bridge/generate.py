@@ -16,13 +16,25 @@ from ..engine.errors import ImageError, InputError
 from ..engine.jobs import JobProcess, JobSpec
 
 
+def editor_image():
+    """The image shown in an Image Editor (the first one found), or None."""
+    import bpy
+
+    wm = bpy.context.window_manager
+    for window in wm.windows if wm is not None else ():
+        for area in window.screen.areas:
+            if area.type == "IMAGE_EDITOR" and area.spaces.active.image is not None:
+                return area.spaces.active.image
+    return None
+
+
 def _input_image(settings, work: Path) -> Path:
     import bpy
 
     if settings.image_source == "EDITOR":
-        image = settings.image
+        image = settings.image or editor_image()
         if image is None:
-            raise ImageError("no image is chosen", "pick an image in the Viewforge panel (Image)")
+            raise ImageError("no image is chosen", "pick an image in the Viewforge panel (Image) or open one in an Image Editor")
         from .images import image_to_array, png_bytes
 
         rgb, alpha = image_to_array(image)

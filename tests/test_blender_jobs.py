@@ -223,6 +223,35 @@ def test_missing_dependencies_disable_the_operator(registered, tmp_path, monkeyp
     assert bpy.ops.viewforge.reconstruct.poll()
 
 
+def test_generate_input_image_from_file_or_blender(registered, tmp_path):
+    """The generate job's input: a file as it is, or an image loaded in Blender written as PNG."""
+    from viewforge.bridge.generate import _input_image
+    from viewforge.engine.errors import ImageError
+    from viewforge.engine.images import load_image
+
+    bpy = registered
+    s = bpy.context.scene.viewforge
+    s.image_source = "FILE"
+    with pytest.raises(ImageError, match="no image file is chosen"):
+        _input_image(s, tmp_path)
+    s.image_path = str(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match="does not exist"):
+        _input_image(s, tmp_path)
+    image = png_photo(bpy, tmp_path / "in.png", w=20, h=10)
+    s.image_path = str(tmp_path / "in.png")
+    assert _input_image(s, tmp_path) == tmp_path / "in.png"
+    s.image_source = "EDITOR"
+    with pytest.raises(ImageError, match="no image is chosen"):
+        _input_image(s, tmp_path / "w")
+    s.image = image
+    (tmp_path / "w").mkdir()
+    out = _input_image(s, tmp_path / "w")
+    rgb, alpha = load_image(out)
+    ref, ref_alpha = load_image(tmp_path / "in.png")
+    assert rgb.shape == (10, 20, 3) and np.abs(rgb - ref).max() < 1 / 255 + 1e-6
+    assert alpha is not None and np.abs(alpha - ref_alpha).max() < 1 / 255 + 1e-6
+
+
 def test_generate_is_reported_unavailable(registered):
     bpy = registered
     assert not bpy.ops.viewforge.generate.poll()
@@ -338,6 +367,8 @@ def test_reconstruct_operator_builds_an_aligned_textured_mesh(registered, tmp_pa
     s.output_folder = str(tmp_path / "out")
     s.output_name = "recon"
     before = {o.name for o in bpy.data.objects}
+    bpy.ops.ed.undo_push(message="scene ready")
+    state = scene_state(bpy)
     assert bpy.ops.viewforge.reconstruct() == {"FINISHED"}
     new = [o for o in bpy.data.objects if o.name not in before]
     assert len(new) == 1 and new[0].type == "MESH" and new[0].name == "recon"
@@ -348,6 +379,10 @@ def test_reconstruct_operator_builds_an_aligned_textured_mesh(registered, tmp_pa
     iou = bbox_iou(bbox(world_vertices(obj)), source_box)
     assert iou >= 0.8, iou
     assert (tmp_path / "out" / "recon.glb").is_file()
+    # one undo step removes everything the import made (object, mesh, material, texture)
+    assert scene_state(bpy) != state
+    bpy.ops.ed.undo()
+    assert scene_state(bpy) == state
 
 
 # ---------------------------------------------------------------------------------------------
