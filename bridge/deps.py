@@ -1,8 +1,9 @@
 """Engine dependencies inside Blender: detection, and installing them into the extension's user folder.
 
 The extension zip bundles only light pure-Python wheels (blender_manifest.toml). The heavy engine
-dependencies (torch, numba, OpenCV, SciPy, scikit-image, the mesh tools, diffusers; gsplat on
-CUDA) are installed from the add-on preferences with pip, *into the extension's user directory*
+dependencies (torch, gsplat, numba, OpenCV, SciPy, scikit-image, the mesh tools, Pillow,
+diffusers) are installed from the add-on preferences with pip, *into the extension's user
+directory*
 (``<Blender user folder>/extensions/.user/<repo>/viewforge/site-packages``), which is added to
 ``sys.path`` when the extension registers. Nothing is installed into Blender's own Python.
 
@@ -14,7 +15,7 @@ CUDA) are installed from the add-on preferences with pip, *into the extension's 
   requirements are the pinned engine requirements (``engine-requirements.txt``, a copy of the
   repository's requirements.txt, with ``engine-constraints.txt`` as constraints) for the
   platform: torch from the default index (CUDA on Linux, MPS on Apple silicon, CPU elsewhere; a
-  CUDA build on Windows needs the PyTorch wheel index as "extra index URL"), gsplat only for CUDA.
+  CUDA build on Windows needs the PyTorch wheel index as "extra index URL").
 * :class:`PipInstall` -- runs that command in a subprocess with the same polling interface as a
   job worker (:class:`viewforge.engine.jobs.JobProcess`): ``poll()``, ``cancel()``, ``state``,
   ``stage``, ``fraction``, ``message``, ``error``. Progress comes from pip's output.
@@ -64,6 +65,8 @@ REQUIRED: dict[str, dict[str, str]] = {
         "xatlas": "xatlas",
         "plyfile": "plyfile",
         "trimesh": "trimesh",
+        "PIL": "pillow",
+        "gsplat": "gsplat",  # its densification strategy is used on every device
     },
     "generate": {"torch": "torch", "diffusers": "diffusers", "transformers": "transformers", "safetensors": "safetensors"},
 }
@@ -71,8 +74,9 @@ REQUIRED: dict[str, dict[str, str]] = {
 #: Distributions not installed by the dependency installer: bundled as wheels (trimesh, plyfile),
 #: shipped with Blender (numpy), or for development only.
 NOT_INSTALLED = {"trimesh", "plyfile", "numpy", "bpy", "pytest", "pygltflib"}
-#: Distributions installed only for the CUDA platform.
-CUDA_ONLY = {"gsplat"}
+#: Distributions installed only for the CUDA platform (none today: gsplat's densification
+#: strategy runs on every device; its CUDA kernels are compiled only when used on CUDA).
+CUDA_ONLY: set[str] = set()
 PLATFORMS = ("cuda", "cpu", "mps")
 
 #: Used by tests to simulate missing dependencies (``monkeypatch.setattr(deps, "find_spec", ...)``).

@@ -40,8 +40,7 @@ def test_engine_requirements_per_platform(tmp_path):
     req = tmp_path / "requirements.txt"
     req.write_text("# c\ntorch==2.13.0\nnumpy==1.26.4  # Blender has it\ntrimesh==5.2.0\ngsplat==1.5.3\nscipy==1.16.3\nfast_simplification\n")
     assert deps.engine_requirements("cuda", req) == ["torch==2.13.0", "gsplat==1.5.3", "scipy==1.16.3", "fast_simplification"]
-    assert deps.engine_requirements("cpu", req) == ["torch==2.13.0", "scipy==1.16.3", "fast_simplification"]
-    assert deps.engine_requirements("mps", req) == deps.engine_requirements("cpu", req)
+    assert deps.engine_requirements("mps", req) == deps.engine_requirements("cpu", req) == deps.engine_requirements("cuda", req)
     with pytest.raises(InputError, match="unknown platform 'rocm'"):
         deps.engine_requirements("rocm", req)
     with pytest.raises(DependencyError, match="missing from the extension"):
@@ -50,7 +49,7 @@ def test_engine_requirements_per_platform(tmp_path):
     real = {r.split("==")[0].replace("_", "-").lower() for r in deps.engine_requirements("cpu")}
     needed = {d.replace("_", "-").lower() for d in deps.REQUIRED["reconstruct"].values()} - deps.NOT_INSTALLED
     assert needed <= real, needed - real
-    assert "gsplat" not in real and "numpy" not in real
+    assert "gsplat" in real and "pillow" in real and "numpy" not in real and "trimesh" not in real
 
 
 def test_shipped_pins_equal_the_repository_pins():
