@@ -3,9 +3,8 @@
 The extension zip bundles only light pure-Python wheels (blender_manifest.toml). The heavy engine
 dependencies (torch, gsplat, numba, OpenCV, SciPy, scikit-image, the mesh tools, Pillow,
 diffusers) are installed from the add-on preferences with pip, *into the extension's user
-directory*
-(``<Blender user folder>/extensions/.user/<repo>/viewforge/site-packages``), which is added to
-``sys.path`` when the extension registers. Nothing is installed into Blender's own Python.
+directory* (``<Blender user folder>/extensions/.user/<repo>/viewforge/site-packages``), which is
+added to ``sys.path`` when the extension registers. Nothing is installed into Blender's own Python.
 
 * :func:`missing` / :func:`check` -- which import names a job kind needs and which cannot be
   found (``importlib.util.find_spec``; nothing is imported). The run buttons are disabled with the
