@@ -180,6 +180,8 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--faces", type=_positive_int, default=50000, metavar="F", help="mesh face budget (default 50000)")
     p.add_argument("--texture-size", type=_positive_int, default=2048, metavar="T",
                    help="texture size in pixels (default 2048)")
+    p.add_argument("--grid", type=_positive_int, default=192, metavar="G",
+                   help="mesh extraction voxels along the object's longest side (default 192)")
 
 
 def _demo_reconstruct(work: Path, args: argparse.Namespace, progress: ProgressBar) -> list[tuple[str, str]]:
@@ -192,7 +194,8 @@ def _demo_reconstruct(work: Path, args: argparse.Namespace, progress: ProgressBa
 
     holdout = args.views // 6 if args.views >= 6 else 0
     cfg = ReconConfig(holdout=holdout, resolution=args.fit_resolution, iterations=args.iterations, seed=args.seed,
-                      faces=args.faces, texture_size=args.texture_size, gt_mesh=str(work / "object.glb"))
+                      faces=args.faces, texture_size=args.texture_size, gt_mesh=str(work / "object.glb"),
+                      mesh={"grid": args.grid})
     res = reconstruct(work / "posed" / "transforms.json", work / "reconstruction.glb", cfg,
                       metrics_path=work / "metrics.json", splats_path=work / "splats.ply", progress=progress)
     m = res.metrics
@@ -286,6 +289,8 @@ def _add_reconstruct(p: argparse.ArgumentParser) -> None:
                    help="mesh face budget (default 50000; capped to 500..2000000)")
     p.add_argument("--texture-size", type=_positive_int, default=2048, metavar="T",
                    help="base-colour texture size in pixels (default 2048; capped to 64..8192)")
+    p.add_argument("--grid", type=_positive_int, default=192, metavar="G",
+                   help="mesh extraction voxels along the object's longest side (default 192)")
     p.add_argument("--splats", metavar="SPLATS.ply", default=None,
                    help="with a mesh output: also write the fitted Gaussians here")
     p.add_argument("--gt-mesh", metavar="GT", default=None,
@@ -320,7 +325,7 @@ def _run_reconstruct(args: argparse.Namespace, progress: ProgressBar) -> int:
     cfg = ReconConfig(
         views=args.views, holdout=args.holdout, resolution=args.resolution, iterations=args.iterations,
         device=args.device, seed=args.seed, pose_refine=args.refine_poses, faces=args.faces,
-        texture_size=args.texture_size, gt_mesh=args.gt_mesh,
+        texture_size=args.texture_size, gt_mesh=args.gt_mesh, mesh={"grid": args.grid},
     )
     if args.gt_mesh is not None and not Path(args.gt_mesh).expanduser().is_file():
         raise InputError(f"ground-truth mesh {args.gt_mesh} not found", "give the path of a .glb/.gltf/.obj/.ply mesh")

@@ -115,30 +115,33 @@ def fuse_tsdf(
     weight = torch.zeros(n)
     seen = torch.zeros(n, dtype=torch.bool)
     carved = torch.zeros(n, dtype=torch.bool)
+    active = torch.arange(n)  # voxels not carved yet: carving is final, so carved ones are skipped
     for k, (cam, depth, alpha) in enumerate(views):
         check(cancel)
         cam = cam.without_distortion()
         r = torch.tensor(cam.world_to_camera[:3, :3], dtype=torch.float32)
         t = torch.tensor(cam.world_to_camera[:3, 3], dtype=torch.float32)
-        pc = pts @ r.T + t
+        pc = pts[active] @ r.T + t
         z = pc[:, 2]
         zs = z.clamp_min(1e-6)
         u = cam.fx * pc[:, 0] / zs + cam.cx
         v = cam.fy * pc[:, 1] / zs + cam.cy
         inside = (z > 1e-6) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
-        idx = torch.nonzero(inside).squeeze(1)
-        px = u[idx].long().clamp(0, cam.width - 1)
-        py = v[idx].long().clamp(0, cam.height - 1)
+        sel = torch.nonzero(inside).squeeze(1)
+        idx = active[sel]
+        px = u[sel].long().clamp(0, cam.width - 1)
+        py = v[sel].long().clamp(0, cam.height - 1)
         a = torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))[py, px]
         d = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[py, px]
         empty = a < alpha_threshold
         carved[idx[empty]] = True
-        s = torch.nan_to_num((d - z[idx]) / trunc, nan=1.0, posinf=1.0, neginf=-2.0)
+        s = torch.nan_to_num((d - z[sel]) / trunc, nan=1.0, posinf=1.0, neginf=-2.0)
         use = (s >= -1.0) & ~empty
         j = idx[use]
         sdf.index_add_(0, j, s[use].clamp(-1.0, 1.0))
         weight.index_add_(0, j, torch.ones_like(j, dtype=torch.float32))
         seen[idx] = True
+        active = active[~carved[active]]
         report(progress, "fuse", k + 1, len(views), f"depth view {k + 1}/{len(views)}")
     values = torch.where(weight > 0, sdf / weight.clamp_min(1e-6), torch.where(seen, -1.0, 1.0))
     values = torch.where(carved, torch.ones_like(values), values)
@@ -159,4 +162,5 @@ def marching_cubes(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     # skimage's default treats values above the level as inside: negate (ours are negative inside)
     verts, faces, _, _ = measure.marching_cubes(-vals, level=0.0, spacing=(volume.voxel,) * 3)
     verts = verts - volume.voxel + volume.origin  # undo the padding
-    return verts.astype(np.float64), faces.astype(np.int64)
+    # skimage winds its triangles clockwise seen from the high (here: inside) side's opposite
+    return verts.astype(np.float64), np.ascontiguousarray(faces[:, ::-1], dtype=np.int64)

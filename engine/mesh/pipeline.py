@@ -38,7 +38,7 @@ class MeshConfig:
 
     faces: face budget after simplification (default 50k; capped to [500, 2M]).
     texture_size: side of the square base-colour texture in pixels (default 2048; [64, 8192]).
-    grid: TSDF voxels along the longest side of the object's box (default 192).
+    grid: TSDF voxels along the longest side of the object's box (default 192; [32, 512]).
     fuse_views: virtual views rendered from the splats for fusion (default 48).
     fuse_size: their image size in pixels (default 256).
     alpha_threshold: rendered alpha above which a pixel is solid, below which its ray is carved
@@ -101,6 +101,9 @@ def splats_to_mesh(
     if tex_size != config.texture_size:
         log.warning("texture size %s capped to %d (allowed: %d to %d)", config.texture_size, tex_size,
                     MIN_TEXTURE, MAX_TEXTURE)
+    grid = int(min(max(config.grid, 32), 512))
+    if grid != config.grid:
+        log.warning("mesh grid %s capped to %d (allowed: 32 to 512)", config.grid, grid)
     if splats.num == 0:
         raise MeshError("the reconstruction has no Gaussians", "check that the photos show the object")
     seconds: dict[str, float] = {}
@@ -116,7 +119,7 @@ def splats_to_mesh(
     seconds["render_depth"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    volume = fuse_tsdf(views, lo, hi, config.grid, alpha_threshold=config.alpha_threshold,
+    volume = fuse_tsdf(views, lo, hi, grid, alpha_threshold=config.alpha_threshold,
                        truncation_voxels=config.truncation_voxels, progress=progress, cancel=cancel)
     seconds["fuse"] = time.perf_counter() - t
     check(cancel)
