@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 #: Seconds a cancelled worker may take to stop by itself before it is killed (so a cancel always
 #: takes effect within 2 s, polling included).
 CANCEL_GRACE_S = 1.5
+#: Seconds a worker that has sent its final message may take to exit before it is killed.
+REAP_TIMEOUT_S = 10.0
 #: Minimum seconds between two progress messages of one stage from the worker (UI refresh rate).
 PROGRESS_INTERVAL_S = 0.1
 
@@ -298,6 +300,15 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+def _reap(process: Any) -> None:
+    """Wait for a worker that has sent its final message to exit; kill it if it hangs (torch and
+    numba tear-down takes about a second, more on a busy machine; the caller never waits)."""
+    process.join(REAP_TIMEOUT_S)
+    if process.is_alive():
+        process.kill()
+        process.join(5)
+
+
 class JobProcess:
     """One job in a spawned worker process. Not thread-safe: call from one thread (Blender's main
     thread). ``state`` is "running", "done", "failed" or "cancelled"; ``stage``, ``fraction`` and
@@ -368,10 +379,17 @@ class JobProcess:
         self.fraction = 1.0 if state == "done" else self.fraction
         with contextlib.suppress(Exception):
             self._conn.close()
-        self._process.join(CANCEL_GRACE_S)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(5)
+        self._process.join(0.05)
+        if self._process.is_alive():  # its final message is in: let it exit in the background
+            import threading
+
+            threading.Thread(target=_reap, args=(self._process,), name="viewforge-reaper", daemon=True).start()
+
+    def join(self, timeout: float | None = None) -> int | None:
+        """Wait for the worker process to exit (it may still be exiting after the job ended);
+        returns its exit code (None while it runs)."""
+        self._process.join(timeout)
+        return self._process.exitcode
 
     def _handle(self, msg: tuple) -> None:
         kind = msg[0]
