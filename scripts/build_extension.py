@@ -2,6 +2,7 @@
 """Build the installable Blender extension zip: dist/viewforge-<version>.zip.
 
     .venv/bin/python scripts/build_extension.py [--output-dir DIR] [--no-download]
+    .venv/bin/python scripts/build_extension.py --sync-pins   # only step 2 (after changing a pin)
 
 1. The light wheels listed in ``blender_manifest.toml`` (``wheels = [...]``) are downloaded into
    ``wheels/`` with ``pip download --no-deps --only-binary=:all: -c constraints.txt``, unless the
@@ -201,7 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the Viewforge Blender extension zip (see the module docstring).")
     parser.add_argument("--output-dir", type=Path, default=None, help="where the zip goes (default: dist/)")
     parser.add_argument("--no-download", action="store_true", help="fail instead of downloading missing wheels")
+    parser.add_argument("--sync-pins", action="store_true",
+                        help="only refresh bridge/engine-requirements.txt and bridge/engine-constraints.txt, then exit")
     args = parser.parse_args(argv)
+    if args.sync_pins:
+        for path in sync_engine_pins():
+            print(f"build_extension: refreshed {path.relative_to(REPO)}")
+        return 0
     try:
         path = build(args.output_dir, download=not args.no_download)
     except BuildError as e:

@@ -53,8 +53,8 @@ def test_engine_requirements_per_platform(tmp_path):
 
 
 def test_shipped_pins_equal_the_repository_pins():
-    """The installer's copies equal requirements.txt / constraints.txt (scripts/build_extension.py
-    refreshes them: run it after changing a pin)."""
+    """The installer's copies equal requirements.txt / constraints.txt (after changing a pin run
+    ``.venv/bin/python scripts/build_extension.py --sync-pins``)."""
     root = deps.ROOT
     assert deps.ENGINE_REQUIREMENTS.read_text() == (root / "requirements.txt").read_text()
     assert deps.ENGINE_CONSTRAINTS.read_text() == (root / "constraints.txt").read_text()
