@@ -66,7 +66,9 @@ def test_each_command_has_help(command, capsys):
         cli.main([command, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert f"usage: viewforge {command}" in out and "-o" in out and "--views" in out
+    assert f"usage: viewforge {command}" in out and "--views" in out
+    # every command writes an output (-o) except eval, which writes its --metrics
+    assert ("--metrics" if command == "eval" else "-o") in out
 
 
 def test_python_dash_m_help_does_not_import_bpy():
@@ -272,36 +274,43 @@ def test_demo_end_to_end(bpy_module, tmp_path):
 
     from viewforge.engine.io.mesh import read_mesh
 
-    out = tmp_path / "demo"
+    out = tmp_path / "demo.glb"
+    folder = tmp_path / "demo"
     proc = run_cli("demo", "-o", str(out), "--views", "6", "--resolution", "64", "--samples", "4",
-                   "--iterations", "60", "--fit-resolution", "48")
+                   "--iterations", "60", "--fit-resolution", "48", "--faces", "2000", "--texture-size", "128",
+                   "--grid", "48")
     assert proc.returncode == 0, proc.stderr
-    for word in ("object.glb", "posed/transforms.json", "posed/images/", str(out)):
+    for word in ("object.glb", "posed/transforms.json", "posed/images/", "reconstruction.glb", str(out), str(folder)):
         assert word in proc.stdout
-    mesh = read_mesh(out / "object.glb")
+    mesh = read_mesh(folder / "object.glb")
     ref = demo_mesh()
     assert mesh.num_faces == ref.num_faces
     assert np.allclose(mesh.vertices, ref.vertices, atol=1e-6)
     assert mesh.texture is not None and mesh.texture.shape[:2] == (1024, 1024)
-    meta = json.loads((out / "posed" / "transforms.json").read_text())
+    meta = json.loads((folder / "posed" / "transforms.json").read_text())
     assert len(meta["frames"]) == 6 and meta["source_mesh"] == "object.glb"
     for f in meta["frames"]:
-        img = np.asarray(Image.open(out / "posed" / f["file_path"]))
+        img = np.asarray(Image.open(folder / "posed" / f["file_path"]))
         assert img.shape == (64, 64, 4)
         assert (img[..., 3] > 127).mean() > 0.05
         # the textured object is colourful, not a flat grey
         fg = img[..., :3][img[..., 3] == 255].astype(int)
         assert len(np.unique(fg // 32, axis=0)) >= 8
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "object.glb", "posed", "splats.ply"]
-    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "metrics.json", "object.glb", "posed", "reconstruction.glb", "splats.ply"]
+    recon = read_mesh(out)
+    assert recon.num_faces <= 2000 and recon.texture.shape[:2] == (128, 128)
+    assert np.array_equal(recon.faces, read_mesh(folder / "reconstruction.glb").faces)
+    metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["views"] == 5 and metrics["holdout"] == 1 and metrics["psnr"] > 10.0
-    assert "splats.ply" in proc.stdout and "held-out PSNR" in proc.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
-    # running again replaces the earlier demo output
-    proc = run_cli("demo", "-o", str(out), "--views", "2", "--resolution", "32", "--samples", "1", "--iterations", "0")
+    assert metrics["num_faces"] == recon.num_faces and 0 < metrics["fscore"] <= 1 and metrics["chamfer"] > 0
+    assert "held-out PSNR" in proc.stdout and "F-score" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "demo.glb"]
+    # a folder output works too, and running again replaces the earlier demo output
+    proc = run_cli("demo", "-o", str(folder), "--views", "2", "--resolution", "32", "--samples", "1", "--iterations", "0")
     assert proc.returncode == 0, proc.stderr
-    assert len(json.loads((out / "posed" / "transforms.json").read_text())["frames"]) == 2
-    assert sorted(p.name for p in out.iterdir()) == ["object.glb", "posed"]
+    assert len(json.loads((folder / "posed" / "transforms.json").read_text())["frames"]) == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["object.glb", "posed"]
 
 
 # ---------------------------------------------------------------------------------------------
