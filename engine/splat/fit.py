@@ -6,8 +6,13 @@ gsplat's ``DefaultStrategy`` (plain torch; it runs on the CPU). SH degree grows 
 ``sh_degree``. Means' learning rate decays exponentially, scaled by the scene size (gsplat's
 simple_trainer recipe, shortened for few-thousand-iteration CPU runs).
 
-Pose refinement: per camera a 6-vector (axis-angle, translation) ``delta``, world-to-camera
-becomes ``exp(delta) @ w2c``; Adam with its own learning rate, started after a warm-up.
+Pose refinement (``pose_refine``), by ``pose_method``:
+- "features": before the fit, SIFT matches between the photos and bundle adjustment
+  (engine/poses/features.py) refine the cameras; the fit then uses them as they are.
+- "photometric": per camera a 6-vector (axis-angle, translation) ``delta``, world-to-camera
+  becomes ``exp(delta) @ w2c``; Adam with its own learning rate, started after a warm-up, plus
+  render-and-compare alignment rounds (engine/poses/photometric.py).
+- "features+photometric": the first, then the second from the refined cameras.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -25,7 +30,13 @@ from ..io.types import PosedSet
 from ..progress import CancelToken, ProgressCallback, check, report
 from .model import Splats, init_splats, random_points, scene_scale, visual_hull_points
 
+if TYPE_CHECKING:
+    from ..poses.features import FeatureConfig, ViewReliability
+
 log = logging.getLogger(__name__)
+
+#: pose_method "auto" uses features from photos at least this large (longer side, pixels).
+AUTO_FEATURES_MIN_SIZE = 160
 
 
 @dataclass(frozen=True)
@@ -46,9 +57,18 @@ class FitConfig:
         (refine_stop <= 0 means half of ``iterations``).
     grow_grad2d: screen-space gradient threshold for growing.
     max_gaussians: growing stops above this count (CPU time grows with it).
-    pose_refine: refine the camera poses: per-camera SE(3) corrections learnt jointly with the
-        model (from ``pose_start``) and, at the fractions ``pose_rounds`` of the run, each camera
-        aligned to the current model by render-and-compare (engine/poses/photometric.py).
+    pose_refine: refine the camera poses, by ``pose_method``.
+    pose_method: "auto" (default): "features" when the photos used for features (``feature_set``
+        of :func:`fit_splats`, else the training photos) have a longer side of at least
+        ``AUTO_FEATURES_MIN_SIZE`` px, else "photometric" (SIFT finds too little on thumbnails).
+        "features": feature matches between the photos + bundle adjustment before the fit
+        (engine/poses/features.py, settings ``pose_features``; None = defaults);
+        "photometric": per-camera SE(3) corrections learnt jointly with the model (from
+        ``pose_start``) and, at the fractions ``pose_rounds`` of the run, each camera aligned to
+        the current model by render-and-compare (engine/poses/photometric.py);
+        "features+photometric": both, in that order. Measured on lego (docs/reconstruction.md):
+        the photometric mechanisms alone do not reach the 0.5 degree target, features do with
+        enough views.
     pose_lr: Adam learning rate of the joint corrections; pose_align_steps: steps per camera
         in each alignment round.
     device: "auto" (CUDA, else MPS, else CPU), "cpu", "cuda" or "mps".
@@ -83,6 +103,8 @@ class FitConfig:
     pose_start: int = 100
     pose_rounds: tuple[float, ...] = (0.2, 0.35, 0.5, 0.65)
     pose_align_steps: int = 100
+    pose_method: Literal["auto", "features", "photometric", "features+photometric"] = "auto"
+    pose_features: "FeatureConfig | None" = None
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     backend: str = "auto"
     seed: int = 0
@@ -91,13 +113,15 @@ class FitConfig:
 @dataclass
 class FitResult:
     """splats: the fitted Gaussians (CPU). cameras: the training cameras (refined if asked).
-    seconds: wall time per stage. history: (step, loss) samples. iterations: steps run."""
+    seconds: wall time per stage. history: (step, loss) samples. iterations: steps run.
+    pose_views: per-view reliability of the feature pose refinement (None when it did not run)."""
 
     splats: Splats
     cameras: list[Camera]
     seconds: dict[str, float] = field(default_factory=dict)
     history: list[tuple[int, float]] = field(default_factory=list)
     iterations: int = 0
+    pose_views: "list[ViewReliability] | None" = None
 
 
 def resolve_device(name: str):
@@ -161,10 +185,15 @@ def fit_splats(
     config: FitConfig = FitConfig(),
     *,
     init: Splats | None = None,
+    feature_set: PosedSet | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> FitResult:
-    """Fit Gaussians to ``posed`` (all its views are training views). See :class:`FitConfig`."""
+    """Fit Gaussians to ``posed`` (all its views are training views). See :class:`FitConfig`.
+
+    feature_set: the same views (same order and poses) at a higher resolution, used instead of
+    ``posed`` by the feature pose refinement (features are found far better on 400-800 px photos
+    than on the fit's working size)."""
     import torch
     from pytorch_msssim import ssim
 
@@ -177,6 +206,25 @@ def fit_splats(
         raise PosedSetError("training cameras still have lens distortion", "load the set with undistort=True")
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
+    pose_views = None
+    method = cfg.pose_method
+    if cfg.pose_refine and method not in ("auto", "features", "photometric", "features+photometric"):
+        from ..errors import InputError
+
+        raise InputError(
+            f"unknown pose_method {method!r}", "use 'auto', 'features', 'photometric' or 'features+photometric'"
+        )
+    if method == "auto":
+        src = feature_set if feature_set is not None else posed
+        size = max(max(c.width, c.height) for c in src.cameras)
+        method = "features" if size >= AUTO_FEATURES_MIN_SIZE else "photometric"
+    if cfg.pose_refine:
+        log.info("pose refinement: %s", method)
+    if cfg.pose_refine and method.startswith("features"):
+        posed, pose_views = _refine_features(posed, feature_set, cfg, progress, cancel)
+        seconds["poses_features"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+    photometric = cfg.pose_refine and method.endswith("photometric")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -211,7 +259,7 @@ def fit_splats(
     Ks = torch.tensor(np.stack([c.K for c in posed.cameras]), dtype=torch.float32, device=device)
     pose_delta = None
     pose_opts: list = []
-    if cfg.pose_refine:
+    if photometric:
         # one (6,) parameter and one Adam per camera: a camera's moments only move on its own steps
         pose_delta = [torch.nn.Parameter(torch.zeros(1, 6, device=device)) for _ in range(len(posed))]
         pose_opts = [torch.optim.Adam([d], lr=cfg.pose_lr) for d in pose_delta]
@@ -219,7 +267,7 @@ def fit_splats(
     sizes = [(c.width, c.height) for c in posed.cameras]
     seconds["setup"] = time.perf_counter() - t0 - seconds["init"]
 
-    align_steps = {int(f * cfg.iterations) for f in cfg.pose_rounds} if cfg.pose_refine else set()
+    align_steps = {int(f * cfg.iterations) for f in cfg.pose_rounds} if photometric else set()
     history: list[tuple[int, float]] = []
     snapshot = {k: v.detach().clone() for k, v in params.items()}
     failures = 0
@@ -313,7 +361,25 @@ def fit_splats(
             refined = (se3_exp(torch.cat(pose_delta)) @ w2c0).cpu().double().numpy()
         cameras = [c.with_pose(_orthonormal_pose(m)) for c, m in zip(posed.cameras, refined)]
     out = Splats.from_dict({k: v for k, v in params.items()})
-    return FitResult(out, cameras, seconds, history, step)
+    return FitResult(out, cameras, seconds, history, step, pose_views)
+
+
+def _refine_features(posed: PosedSet, feature_set: PosedSet | None, cfg: FitConfig, progress, cancel):
+    """The feature pose stage: refined cameras (at ``posed``'s sizes) and per-view reliability."""
+    from ..poses.features import FeatureConfig, refine_poses_features
+
+    src = posed if feature_set is None else feature_set
+    if len(src) != len(posed):
+        raise PosedSetError(
+            f"feature_set has {len(src)} views but the training set has {len(posed)}",
+            "pass the same views at a higher resolution",
+        )
+    res = refine_poses_features(src, cfg.pose_features or FeatureConfig(), progress=progress, cancel=cancel)
+    cams = [c.with_pose(r.world_to_camera) for c, r in zip(posed.cameras, res.cameras)]
+    n_ok = sum(v.reliable for v in res.views)
+    log.info("feature pose refinement: %d/%d views reliable, rms %.2f -> %.2f px", n_ok, len(res.views),
+             res.rms_before, res.rms_after)
+    return PosedSet(cams, posed.images, posed.masks, posed.names, posed.meta), res.views
 
 
 def _align_round(params, posed, w2c0, pose_delta, cfg, device, progress, cancel):
