@@ -177,14 +177,30 @@ def output_path(scene, req: ReconstructRequest) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
+def _scene_cameras(scene, selected_only: bool, view_layer) -> list:
+    """The scene's camera objects (only the selected ones with ``selected_only``), by name."""
+    objs = [o for o in scene.objects if o.type == "CAMERA"]
+    if selected_only:
+        if view_layer is None:
+            import bpy
+
+            ctx_layer = getattr(bpy.context, "view_layer", None)
+            same = ctx_layer is not None and getattr(bpy.context, "scene", None) == scene
+            view_layer = ctx_layer if same else scene.view_layers[0]
+        objs = [o for o in objs if o.select_get(view_layer=view_layer)]
+    return sorted(objs, key=lambda o: o.name)
+
+
 def _cameras_with_photos(scene, req: ReconstructRequest, view_layer) -> tuple[list[tuple], list[str]]:
     """``[(object, engine camera at the photo's size, ("image", bpy image) | ("file", path))]``
-    and warnings. Raises for no cameras, unsupported cameras, missing photos (see module doc)."""
-    from .cameras import scene_posed_cameras
+    and warnings. Raises for no cameras, an unsupported camera that has a photo (orthographic,
+    panoramic), missing photos (see the module docstring). A camera without a photo is never
+    used, so its type does not matter."""
+    from .cameras import camera_from_bpy, camera_photo
     from .posed import camera_at_photo
 
-    items = scene_posed_cameras(scene, selected_only=req.selected_only, view_layer=view_layer)
-    if not items:
+    objs = _scene_cameras(scene, req.selected_only, view_layer)
+    if not objs:
         which = "selected cameras" if req.selected_only else "cameras"
         raise CameraError(
             f"the scene has no {which}",
@@ -193,21 +209,23 @@ def _cameras_with_photos(scene, req: ReconstructRequest, view_layer) -> tuple[li
         )
     by_name = folder_photos(_abspath(req.photo_folder)) if req.photo_source == "FOLDER" else {}
     out, without = [], []
-    for obj, cam, image in items:
+    for obj in objs:
         if req.photo_source == "FOLDER":
             path = by_name.get(obj.name.lower())
             if path is None:
                 without.append(obj.name)
                 continue
+            cam = camera_from_bpy(obj, scene)
             size = image_file_size(path)
             if size is not None:
                 cam = camera_at_photo(obj, cam, SimpleNamespace(size=size, name=path.name))
             out.append((obj, cam, ("file", path)))
         else:
+            image = camera_photo(obj)
             if image is None:
                 without.append(obj.name)
                 continue
-            out.append((obj, camera_at_photo(obj, cam, image), ("image", image)))
+            out.append((obj, camera_at_photo(obj, camera_from_bpy(obj, scene), image), ("image", image)))
     where = f"in {req.photo_folder} (named after the camera)" if req.photo_source == "FOLDER" else "(background image)"
     if without and req.selected_only:
         raise ImageError(
@@ -215,7 +233,7 @@ def _cameras_with_photos(scene, req: ReconstructRequest, view_layer) -> tuple[li
             f"add a photo to {without[0]} or deselect it",
         )
     if len(out) < MIN_PHOTOS:
-        have = f"only {len(out)} of {len(items)} cameras has a photo" if out else f"none of the {len(items)} cameras has a photo"
+        have = f"only {len(out)} of {len(objs)} cameras has a photo" if out else f"none of the {len(objs)} cameras has a photo"
         raise ImageError(
             f"{have} {where}; a reconstruction needs at least {MIN_PHOTOS}",
             "give each camera its photo as its first background image "

@@ -196,6 +196,13 @@ def test_orthographic_camera(registered, tmp_path):
     cams = add_cameras(bpy, 3, photos=photos)
     cams[1].data.type = "ORTHO"
     _fails(bpy, "Cam1.*orthographic", output_folder=str(tmp_path / "out"))
+    # an orthographic camera without a photo is not used: no error from it
+    from viewforge.bridge.reconstruct import ReconstructRequest, prepare_reconstruct
+
+    cams[1].data.background_images.clear()
+    prepared = prepare_reconstruct(bpy.context.scene, ReconstructRequest(output_folder=str(tmp_path / "out")))
+    prepared.cleanup()
+    assert prepared.camera_names == ["Cam0", "Cam2"] and "Cam1" in prepared.warnings[0]
 
 
 def test_output_folder_cannot_be_written(registered, tmp_path):
