@@ -1,13 +1,23 @@
 """Benchmark: pose refinement on lego (../shared/data): cameras perturbed by DEG degrees about a
-random axis and moved by FRAC of their distance, then `fit_splats(..., pose_refine=True)`.
+random axis and moved by FRAC of their distance, then refined by --method:
 
-    .venv/bin/python bench/poses.py                                   # the default run below
-    .venv/bin/python bench/poses.py --resolution 64 --iterations 800 --init-points 3000 --no-densify \
-        --rounds 0.15 0.3 0.45 0.6 0.75 0.9 --align-steps 60
-    .venv/bin/python bench/poses.py --true-model                      # align to a true-pose model
+  features              SIFT + guided matching + bundle adjustment on the photos loaded at
+                        --feature-resolution (engine/poses/features.py); no splat fit
+  features+photometric  the same, then `fit_splats(pose_method="features+photometric")` at --resolution
+  photometric           `fit_splats(pose_method="photometric")`: joint corrections + alignment rounds
+  true-model            fit with the true poses, then align the perturbed cameras to that model
 
-Prints median rotation error before/after, absolute and after the best global rotation (the fit
-fixes the frame only up to a similarity). Issue 3's target: < 0.5 degree median.
+    .venv/bin/python bench/poses.py --method features                   # 24 views, 400 px
+    .venv/bin/python bench/poses.py --method features --views 100
+    .venv/bin/python bench/poses.py --method photometric                # the default fit below
+    .venv/bin/python bench/poses.py --method photometric --resolution 64 --iterations 800 \
+        --init-points 3000 --no-densify --rounds 0.15 0.3 0.45 0.6 0.75 0.9 --align-steps 60
+    .venv/bin/python bench/poses.py --method true-model
+
+Prints the median rotation error before/after, absolute and after the best global rotation
+(rotation_errors; a refinement fixes the frame only up to a similarity, the feature method maps
+its result back onto the input cameras by a similarity). Issue 3/7 target: < 0.5 degree median
+after alignment.
 """
 
 from __future__ import annotations
@@ -39,8 +49,11 @@ def main() -> int:
     ap.add_argument("--degrees", type=float, default=3.0)
     ap.add_argument("--fraction", type=float, default=0.03)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--true-model", action="store_true",
-                    help="instead: fit with the true poses, then align the perturbed cameras to that model")
+    ap.add_argument("--method", choices=["features", "features+photometric", "photometric", "true-model"],
+                    default="features")
+    ap.add_argument("--feature-resolution", type=int, default=400,
+                    help="longer side of the photos the feature method works on")
+    ap.add_argument("--true-model", action="store_true", help="same as --method true-model")
     ap.add_argument("--json", metavar="PATH", default=None)
     args = ap.parse_args()
     if not LEGO.exists():
@@ -54,29 +67,49 @@ def main() -> int:
     from viewforge.engine.poses.photometric import AlignConfig, align_cameras
     from viewforge.engine.splat.fit import FitConfig, fit_splats
 
+    from viewforge.engine.poses.features import FeatureConfig, refine_poses_features
+
+    method = "true-model" if args.true_model else args.method
     posed = load_posed_set(LEGO, resolution=args.resolution)
     ids = [int(i) for i in np.linspace(0, len(posed) - 1, args.views).round()]
     true = [posed.cameras[i] for i in ids]
     images, masks = [posed.images[i] for i in ids], [posed.masks[i] for i in ids]
     noisy = perturb_cameras(true, args.degrees, args.fraction, args.seed)
     before = rotation_errors(noisy, true)
+    feature_set = None
+    if method.startswith("features"):
+        hi = load_posed_set(LEGO, resolution=args.feature_resolution)
+        hi_noisy = [c.resized(hi.cameras[i].width, hi.cameras[i].height) for c, i in zip(noisy, ids)]
+        feature_set = PosedSet(hi_noisy, [hi.images[i] for i in ids], [hi.masks[i] for i in ids],
+                               [hi.names[i] for i in ids])
     t = time.perf_counter()
     cfg = FitConfig(iterations=args.iterations, init_points=args.init_points, sh_degree=args.sh_degree,
-                    densify=not args.no_densify, pose_refine=not args.true_model, pose_start=10**9,
-                    pose_rounds=tuple(args.rounds), pose_align_steps=args.align_steps, device="cpu")
-    if args.true_model:
+                    densify=not args.no_densify, pose_refine=method != "true-model", pose_start=10**9,
+                    pose_rounds=tuple(args.rounds), pose_align_steps=args.align_steps, device="cpu",
+                    pose_method="photometric" if method == "true-model" else method,
+                    pose_features=FeatureConfig(max_size=args.feature_resolution))
+    reliable = None
+    if method == "true-model":
         model = fit_splats(PosedSet(true, images, masks), cfg).splats
         refined = align_cameras(model, PosedSet(noisy, images, masks),
                                 AlignConfig(steps=args.align_steps, max_size=args.resolution),
                                 device=torch.device("cpu")).cameras
-        method = "align to true-pose model"
+    elif method == "features":
+        res = refine_poses_features(feature_set, cfg.pose_features)
+        refined = res.cameras
+        reliable = sum(v.reliable for v in res.views)
     else:
-        refined = fit_splats(PosedSet(noisy, images, masks), cfg).cameras
-        method = "fit with pose_refine"
+        fit = fit_splats(PosedSet(noisy, images, masks), cfg, feature_set=feature_set)
+        refined = fit.cameras
+        if fit.pose_views is not None:
+            reliable = sum(v.reliable for v in fit.pose_views)
     after = rotation_errors(refined, true)
-    row = dict(scene="lego", views=args.views, resolution=args.resolution, iterations=args.iterations,
-               method=method, rot_err_before=round(before[0], 3), rot_err_after=round(after[0], 3),
-               rot_err_after_aligned=round(after[1], 3), seconds=round(time.perf_counter() - t, 1))
+    row = dict(scene="lego", views=args.views, resolution=args.resolution,
+               feature_resolution=args.feature_resolution if feature_set is not None else None,
+               iterations=args.iterations if method != "features" else 0, method=method,
+               rot_err_before=round(before[0], 3), rot_err_before_aligned=round(before[1], 3),
+               rot_err_after=round(after[0], 3), rot_err_after_aligned=round(after[1], 3),
+               reliable_views=reliable, seconds=round(time.perf_counter() - t, 1))
     width = max(len(k) for k in row)
     for k, v in row.items():
         print(f"{k:<{width}}  {v}")

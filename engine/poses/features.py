@@ -72,11 +72,14 @@ class FeatureConfig:
     ratio: Lowe's ratio test threshold (first / second nearest descriptor distance).
     ransac_px: epipolar RANSAC threshold of the fundamental matrix.
     min_pair_inliers: a pair with fewer epipolar inliers is dropped.
-    robust_px: scale of the soft-L1 loss of the reprojection residuals.
+    robust_px: scale of the Huber loss of the reprojection residuals.
     outlier_px: observations with a larger reprojection error after an adjustment are dropped.
-    prior_weight: weight of the prior keeping each correction small (relative to one pixel per
-        ``1/f`` radian); only makes the problem well posed, the gauge is fixed by a similarity.
-    max_nfev: function evaluations per least-squares solve.
+    prior_weight: weight p of the prior on each camera's total correction, residual
+        ``p * f * (omega, tau / distance)`` in pixels: keeps the system well posed and weakly
+        observed cameras near their input (the gauge itself is fixed by a similarity afterwards).
+        Measured on lego (24 views): 0.01 lets poorly observed cameras wander (median error after
+        alignment 0.6-1.9 degrees over three seeds), 0.3 holds them (0.56-0.72), 1.0 over-holds (1.4-1.7).
+    max_nfev: Levenberg-Marquardt iterations per bundle adjustment.
     band_schedule: one matching + adjustment round per entry: the width of the epipolar band of
         the guided matching (fraction of the working image's longer side) around the epipolar
         lines of the current cameras (the input ones, then each round's result); 0 = unguided.
@@ -94,9 +97,9 @@ class FeatureConfig:
     min_pair_inliers: int = 10
     robust_px: float = 2.0
     outlier_px: float = 4.0
-    prior_weight: float = 1e-2
+    prior_weight: float = 0.3
     max_nfev: int = 100
-    band_schedule: tuple[float, ...] = (0.06, 0.02)
+    band_schedule: tuple[float, ...] = (0.06, 0.02, 0.01)
     min_view_observations: int = 20
     min_triangulation_deg: float = 2.0
 
