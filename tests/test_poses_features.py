@@ -106,6 +106,21 @@ def test_bundle_adjust_recovers_perturbed_cameras_on_synthetic_points():
     assert absolute < 0.5  # the input frame itself is only known to the mean perturbation
 
 
+def test_build_tracks_joins_matches_and_drops_inconsistent_tracks():
+    cams = _ring(3)
+    feats = [F.ViewFeatures(c, np.arange(8, dtype=float).reshape(4, 2) + 10 * k, np.zeros((4, 128), np.float32))
+             for k, c in enumerate(cams)]
+    m01, m12 = np.array([[0, 0], [1, 1]]), np.array([[0, 0]])
+    tracks = F.build_tracks(feats, {(0, 1): m01, (1, 2): m12})
+    assert tracks.num_points == 2
+    assert sorted(np.bincount(tracks.point).tolist()) == [2, 3]
+    first = tracks.point[(tracks.view == 0) & np.all(tracks.xy == feats[0].xy[0], axis=1)][0]
+    assert sorted(tracks.view[tracks.point == first].tolist()) == [0, 1, 2]
+    # a match (0, 2) that joins both tracks puts two keypoints of view 0 in one track: dropped
+    tracks = F.build_tracks(feats, {(0, 1): m01, (1, 2): m12, (0, 2): np.array([[1, 0]])})
+    assert tracks.num_points == 0
+
+
 def test_similarity_round_trip():
     cams = _ring(6)
     S = np.eye(4)

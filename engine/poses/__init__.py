@@ -1,2 +1,3 @@
-"""Camera poses: photometric refinement against a splat model (``photometric.py``); pose
-estimation by structure-from-motion comes with a later issue."""
+"""Camera poses: feature matches + bundle adjustment (``features.py``), photometric refinement
+against a splat model (``photometric.py``), perturbation and error helpers (``evaluate.py``);
+pose estimation from scratch by structure-from-motion comes with a later issue."""

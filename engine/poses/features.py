@@ -331,8 +331,8 @@ def build_tracks(feats: Sequence[ViewFeatures], matches: dict[tuple[int, int], n
             ra, rb = find(offsets[i] + a), find(offsets[j] + b)
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)
-    used = np.unique(np.concatenate([np.r_[offsets[i] + m[:, 0], offsets[j] + m[:, 1]] for (i, j), m in matches.items()])) \
-        if matches else np.zeros(0, dtype=np.int64)
+    ends = [np.r_[offsets[i] + m[:, 0], offsets[j] + m[:, 1]] for (i, j), m in matches.items()]
+    used = np.unique(np.concatenate(ends)) if ends else np.zeros(0, dtype=np.int64)
     roots = np.array([find(int(u)) for u in used], dtype=np.int64)
     views = np.searchsorted(offsets, used, side="right") - 1
     # drop tracks with two keypoints in one view, and singletons
@@ -396,15 +396,6 @@ def _rodrigues(w: np.ndarray) -> np.ndarray:
     kx[:, 2, 0], kx[:, 2, 1] = -k[:, 1], k[:, 0]
     s, c = np.sin(theta)[:, None, None], np.cos(theta)[:, None, None]
     return np.eye(3)[None] + s * kx + (1 - c) * (kx @ kx)
-
-
-def _apply_corrections(cameras: Sequence[Camera], xi: np.ndarray) -> list[Camera]:
-    out = []
-    for cam, r, t in zip(cameras, _rodrigues(xi[:, :3]), xi[:, 3:]):
-        d = np.eye(4)
-        d[:3, :3], d[:3, 3] = r, t
-        out.append(cam.with_pose(d @ cam.world_to_camera))
-    return out
 
 
 @dataclass
@@ -562,10 +553,13 @@ def _log_rotation(Rm: np.ndarray) -> np.ndarray:
 # -- gauge ------------------------------------------------------------------------------------
 
 
-def similarity_to(cameras: Sequence[Camera], reference: Sequence[Camera], weights: np.ndarray | None = None) -> np.ndarray:
+def similarity_to(
+    cameras: Sequence[Camera], reference: Sequence[Camera], weights: np.ndarray | None = None
+) -> np.ndarray:
     """The (4, 4) similarity S (world -> world, ``x' = s R x + t``) that best maps ``cameras``
     onto ``reference``: Umeyama on the camera centres and on points along each optical axis (one
-    median centre-to-centroid distance of that rig away) (so the rotation is fixed even for a degenerate centre layout)."""
+    median centre-to-centroid distance of that rig away), so the rotation is fixed even for a
+    degenerate centre layout. ``weights``: optional per-camera weights."""
     def pts(cams):
         centres = np.stack([c.center for c in cams])
         d = float(np.median(np.linalg.norm(centres - centres.mean(0), axis=1))) or 1.0  # scales with the rig
