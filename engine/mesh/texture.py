@@ -71,16 +71,25 @@ def _accumulate(points, normals, views: list[BakeView], vertices, faces, tol: fl
         py = xy[idx, 1].astype(np.int64)
         zbuf = frags.depth[py, px]
         vis = np.abs(zbuf - z[idx]) <= tol + 0.002 * z[idx]
-        if view.mask is not None:
-            vis &= sample_bilinear(view.mask[..., None].astype(np.float32), xy[idx])[:, 0] > 0.5
         idx = idx[vis]
         if not len(idx):
             continue
+        if view.mask is None:
+            colour = sample_bilinear(view.rgb.astype(np.float32), xy[idx])
+            cover = np.ones(len(idx))
+        else:
+            # premultiplied lookup: the background's RGB under alpha 0 must not bleed into edges
+            m = view.mask.astype(np.float32)[..., None]
+            premult = sample_bilinear(np.concatenate([view.rgb.astype(np.float32) * m, m], axis=2), xy[idx])
+            cover = premult[:, 3]
+            colour = premult[:, :3] / np.maximum(cover, 1e-6)[:, None]
+            keep = cover > 0.5
+            idx, colour, cover = idx[keep], colour[keep], cover[keep]
         to_cam = cam.center[None, :] - points[idx]
         to_cam /= np.maximum(np.linalg.norm(to_cam, axis=1, keepdims=True), 1e-20)
         cos = np.abs(np.einsum("nc,nc->n", normals[idx], to_cam))
-        w = np.clip(cos, 0.0, 1.0) ** power
-        acc[idx] += w[:, None] * sample_bilinear(view.rgb.astype(np.float32), xy[idx])
+        w = np.clip(cos, 0.0, 1.0) ** power * cover
+        acc[idx] += w[:, None] * colour
         wsum[idx] += w
         report(progress, stage, k + 1, len(views), f"view {k + 1}/{len(views)}")
     return acc, wsum
