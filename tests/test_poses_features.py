@@ -200,3 +200,13 @@ def test_lego_100_views_recovered_to_half_a_degree():
     assert aligned < 0.5, (absolute, aligned)
     assert absolute < 0.6
     assert sum(v.reliable for v in res.views) >= 95
+
+
+def test_unknown_pose_method_is_an_input_error(textured_scene):
+    from viewforge.engine.errors import InputError
+    from viewforge.engine.splat.fit import FitConfig, fit_splats
+
+    cams, images, masks = textured_scene
+    with pytest.raises(InputError, match="pose_method"):
+        fit_splats(PosedSet(cams[:2], images[:2], masks[:2]),
+                   FitConfig(iterations=1, pose_refine=True, pose_method="sfm", device="cpu"))  # type: ignore[arg-type]
