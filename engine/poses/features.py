@@ -77,8 +77,9 @@ class FeatureConfig:
     prior_weight: weight p of the prior on each camera's total correction, residual
         ``p * f * (omega, tau / distance)`` in pixels: keeps the system well posed and weakly
         observed cameras near their input (the gauge itself is fixed by a similarity afterwards).
-        Measured on lego (24 views): 0.01 lets poorly observed cameras wander (median error after
-        alignment 0.6-1.9 degrees over three seeds), 0.3 holds them (0.56-0.72), 1.0 over-holds (1.4-1.7).
+        Measured on lego (24 views, median error after alignment over three seeds): 0.01 lets
+        weakly observed cameras wander (0.65-3.9 degrees), 0.3 holds them (0.56-0.72), 1.0 holds
+        them at the input (1.4-1.7).
     max_nfev: Levenberg-Marquardt iterations per bundle adjustment.
     band_schedule: one matching + adjustment round per entry: the width of the epipolar band of
         the guided matching (fraction of the working image's longer side) around the epipolar
