@@ -87,6 +87,20 @@ def _sigma_cut(op):
 
 
 @numba.njit(inline="always", **_JIT)
+def _alpha(dx, dy, ca, cb, cc, op, s_cut):
+    """A Gaussian's alpha at a pixel (d = mean2d - pixel centre), or 0 where gsplat skips it
+    (sigma < 0, beyond the cut, alpha < 1/255). Forward and median depth; the backward pass
+    needs the intermediate values and spells it out."""
+    sigma = np.float32(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+    if sigma < 0.0 or sigma > s_cut:
+        return np.float32(0.0)
+    alpha = min(ALPHA_MAX, op * np.exp(-sigma))
+    if alpha < ALPHA_MIN:
+        return np.float32(0.0)
+    return alpha
+
+
+@numba.njit(inline="always", **_JIT)
 def _pixel_span(m, r, lo, hi):
     """Pixels [a, b) of [lo, hi) whose centres (p + 0.5) lie within [m - r, m + r]."""
     a = max(lo, np.int32(np.ceil(m - r - np.float32(0.5))))
@@ -135,12 +149,8 @@ def forward(means2d, conics, colors, opacities, radii, offsets, ids, bg, width, 
                     p = row + px
                     if done[p]:
                         continue
-                    dx = mx - (np.float32(px) + np.float32(0.5))
-                    sigma = np.float32(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                    if sigma < 0.0 or sigma > s_cut:
-                        continue
-                    alpha = min(ALPHA_MAX, op * np.exp(-sigma))
-                    if alpha < ALPHA_MIN:
+                    alpha = _alpha(mx - (np.float32(px) + np.float32(0.5)), dy, ca, cb, cc, op, s_cut)
+                    if alpha == 0.0:
                         continue
                     next_t = T[p] * (np.float32(1.0) - alpha)
                     if next_t <= T_MIN:
@@ -295,12 +305,8 @@ def median_depth(means2d, conics, opacities, radii, depths, offsets, ids, width,
                     p = row + px
                     if done[p]:
                         continue
-                    dx = mx - (np.float32(px) + np.float32(0.5))
-                    sigma = np.float32(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                    if sigma < 0.0 or sigma > s_cut:
-                        continue
-                    alpha = min(ALPHA_MAX, op * np.exp(-sigma))
-                    if alpha < ALPHA_MIN:
+                    alpha = _alpha(mx - (np.float32(px) + np.float32(0.5)), dy, ca, cb, cc, op, s_cut)
+                    if alpha == 0.0:
                         continue
                     next_t = T[p] * (np.float32(1.0) - alpha)
                     if next_t <= T_MIN:
