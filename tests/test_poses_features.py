@@ -210,3 +210,29 @@ def test_unknown_pose_method_is_an_input_error(textured_scene):
     with pytest.raises(InputError, match="pose_method"):
         fit_splats(PosedSet(cams[:2], images[:2], masks[:2]),
                    FitConfig(iterations=1, pose_refine=True, pose_method="sfm", device="cpu"))  # type: ignore[arg-type]
+
+
+def test_features_then_final_photometric_alignment(textured_scene):
+    """"features+photometric": features on the full-size photos (feature_set), the fit on
+    thumbnails, then each camera aligned once to the finished model; it must not undo the
+    features' recovery."""
+    import cv2
+
+    from viewforge.engine.splat.fit import FitConfig, fit_splats
+
+    cams, images, masks = textured_scene
+    noisy = perturb_cameras(cams, 3.0, 0.03, seed=1)
+    small = 64
+    thumbs = PosedSet([c.resized(small, small) for c in noisy],
+                      [cv2.resize(i, (small, small), interpolation=cv2.INTER_AREA) for i in images],
+                      [cv2.resize(m, (small, small), interpolation=cv2.INTER_AREA) for m in masks])
+    res = fit_splats(
+        thumbs,
+        FitConfig(iterations=300, init_points=3000, sh_degree=0, densify=False, pose_refine=True, device="cpu",
+                  pose_method="features+photometric", pose_align_steps=30,
+                  pose_features=F.FeatureConfig(max_size=SIZE)),
+        feature_set=PosedSet(noisy, images, masks),
+    )
+    assert "poses_features" in res.seconds and "poses_align" in res.seconds
+    assert [c.width for c in res.cameras] == [small] * len(cams)
+    assert rotation_errors(res.cameras, cams)[1] < 0.6
