@@ -3,12 +3,15 @@ random axis and moved by FRAC of their distance, then refined by --method:
 
   features              SIFT + guided matching + bundle adjustment on the photos loaded at
                         --feature-resolution (engine/poses/features.py); no splat fit
-  features+photometric  the same, then `fit_splats(pose_method="features+photometric")` at --resolution
+  features+photometric  `fit_splats(pose_method="features+photometric")`: the features (photos at
+                        --feature-resolution), the fit at --resolution with those cameras, then
+                        each camera aligned once to the finished model
   photometric           `fit_splats(pose_method="photometric")`: joint corrections + alignment rounds
   true-model            fit with the true poses, then align the perturbed cameras to that model
 
     .venv/bin/python bench/poses.py --method features                   # 24 views, 400 px
     .venv/bin/python bench/poses.py --method features --views 100
+    .venv/bin/python bench/poses.py --method features+photometric       # + fit 100 px, 1500 steps
     .venv/bin/python bench/poses.py --method photometric                # the default fit below
     .venv/bin/python bench/poses.py --method photometric --resolution 64 --iterations 800 \
         --init-points 3000 --no-densify --rounds 0.15 0.3 0.45 0.6 0.75 0.9 --align-steps 60

@@ -178,7 +178,7 @@ def test_fit_splats_refines_poses_with_features(textured_scene):
     res = fit_splats(
         PosedSet(noisy, images, masks),
         FitConfig(iterations=3, init_points=500, sh_degree=0, densify=False, pose_refine=True, device="cpu",
-                  pose_features=F.FeatureConfig(max_size=SIZE)),
+                  pose_method="features", pose_features=F.FeatureConfig(max_size=SIZE)),
     )
     assert res.pose_views is not None and len(res.pose_views) == len(cams)
     assert rotation_errors(res.cameras, cams)[1] < 0.5

@@ -59,9 +59,10 @@ class FitConfig:
     grow_grad2d: screen-space gradient threshold for growing.
     max_gaussians: growing stops above this count (CPU time grows with it).
     pose_refine: refine the camera poses, by ``pose_method``.
-    pose_method: "auto" (default): "features" when the photos used for features (``feature_set``
-        of :func:`fit_splats`, else the training photos) have a longer side of at least
-        ``AUTO_FEATURES_MIN_SIZE`` px, else "photometric" (SIFT finds too little on thumbnails).
+    pose_method: "auto" (default): "features+photometric" when the photos used for features
+        (``feature_set`` of :func:`fit_splats`, else the training photos) have a longer side of
+        at least ``AUTO_FEATURES_MIN_SIZE`` px, else "photometric" (SIFT finds too little on
+        thumbnails).
         "features": feature matches between the photos + bundle adjustment before the fit
         (engine/poses/features.py, settings ``pose_features``; None = defaults);
         "photometric": per-camera SE(3) corrections learnt jointly with the model (from
@@ -220,7 +221,7 @@ def fit_splats(
     if method == "auto":
         src = feature_set if feature_set is not None else posed
         size = max(max(c.width, c.height) for c in src.cameras)
-        method = "features" if size >= AUTO_FEATURES_MIN_SIZE else "photometric"
+        method = "features+photometric" if size >= AUTO_FEATURES_MIN_SIZE else "photometric"
     if cfg.pose_refine:
         log.info("pose refinement: %s", method)
     if cfg.pose_refine and method.startswith("features"):
