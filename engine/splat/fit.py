@@ -71,8 +71,9 @@ class FitConfig:
         "features+photometric": the features, then the model is fitted with those cameras and,
         at the end, each camera is aligned to it once by render-and-compare (no joint
         corrections). Measured on lego, 3 degree / 3 % perturbations (docs/reconstruction.md):
-        features 0.21 degrees median after alignment with 100 views, 0.56 with 24, features +
-        the final alignment 0.36 with 24; the photometric mechanisms alone 2.3 with 24.
+        features 0.21 degrees median after alignment with 100 views, 0.56-0.72 with 24 (three
+        seeds), features + the final alignment 0.35-0.57 with 24; the photometric mechanisms
+        alone 2.3 with 24.
     pose_lr: Adam learning rate of the joint corrections; pose_align_steps: steps per camera
         in each alignment round.
     device: "auto" (CUDA, else MPS, else CPU), "cpu", "cuda" or "mps".
