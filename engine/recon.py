@@ -22,6 +22,8 @@ from .progress import CancelToken, ProgressCallback, check
 log = logging.getLogger(__name__)
 
 SPLAT_SUFFIXES = (".ply",)
+#: Longer image side of the photos the feature pose refinement works on (when stored larger).
+FEATURE_RESOLUTION = 400
 #: Mesh outputs the engine writes itself (.blend is written by the command line through bpy).
 MESH_SUFFIXES = (".glb",)
 
@@ -172,7 +174,15 @@ def reconstruct(
     )
     if fit_overrides:
         fit_cfg = replace(fit_cfg, **fit_overrides)
-    result = fit_splats(train, fit_cfg, progress=progress, cancel=cancel)
+    feature_set = None
+    if config.pose_refine:
+        # feature pose refinement finds far more matches on 400-800 px photos than at the fit's size
+        stored = _stored_long_side(transforms)
+        want = FEATURE_RESOLUTION if stored is None else min(stored, FEATURE_RESOLUTION)
+        current = max(posed.cameras[0].width, posed.cameras[0].height)
+        if want > current:
+            feature_set = _subset(load_posed_set(transforms, resolution=want, cancel=cancel), train_ids)
+    result = fit_splats(train, fit_cfg, feature_set=feature_set, progress=progress, cancel=cancel)
     seconds.update({f"fit_{k}" if k != "fit" else "fit": v for k, v in result.seconds.items()})
     t = time.perf_counter()
     scores = evaluate_views(result.splats, held, config.device)
@@ -198,6 +208,10 @@ def reconstruct(
         "holdout": len(held_ids),
         "iterations": result.iterations,
         "resolution": config.resolution,
+        "pose_views": None if result.pose_views is None else [
+            {"name": v.name, "score": round(v.score, 3), "reliable": v.reliable, "rms_px": round(v.rms_px, 3)}
+            for v in result.pose_views
+        ],
         **extra,
     }
     written: list[Path] = []

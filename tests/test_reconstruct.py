@@ -72,3 +72,25 @@ def test_bad_output_and_cancel_leave_nothing(posed_dir, tmp_path, capsys):
                     metrics_path=tmp_path / "c.json", progress=progress, cancel=token)
     assert not (tmp_path / "c.ply").exists() and not (tmp_path / "c.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_refine_poses_uses_full_size_photos_and_reports_reliability(tmp_path):
+    """reconstruct --refine-poses: the feature stage works on the stored 256 px photos although
+    the fit runs at 64 px, the cameras come back, and each view's reliability is in the metrics."""
+    from viewforge.engine.io.types import PosedSet
+    from viewforge.engine.poses.evaluate import perturb_cameras, rotation_errors
+
+    from test_poses_features import _render, _ring
+
+    cams = _ring(24)
+    renders = [_render(c) for c in cams]
+    noisy = perturb_cameras(cams, 3.0, 0.03, seed=2)
+    root = write_posed_set(PosedSet(noisy, [r[0] for r in renders], [r[1] for r in renders]), tmp_path / "ring")
+    res = reconstruct(root, tmp_path / "ring.ply",
+                      ReconConfig(resolution=64, iterations=3, device="cpu", pose_refine=True),
+                      fit_overrides={"pose_method": "features", "init_points": 500, "densify": False, "sh_degree": 0},
+                      metrics_path=tmp_path / "m.json")
+    views = json.loads((tmp_path / "m.json").read_text())["pose_views"]
+    assert len(views) == 24 and sum(v["reliable"] for v in views) >= 20
+    assert res.cameras[0].width == 64  # the fit's cameras, refined
+    assert rotation_errors(res.cameras, cams)[1] < 0.5
