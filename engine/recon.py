@@ -190,7 +190,8 @@ def reconstruct(
     mesh = None
     extra: dict[str, Any] = {}
     if want_mesh:
-        mesh, mesh_seconds, extra = _mesh_stage(transforms, posed, train_ids, result, held, gt, config, progress, cancel)
+        mesh, mesh_seconds, extra = _mesh_stage(transforms, posed, train_ids, result, held, gt, config, out.stem,
+                                                progress, cancel)
         seconds.update(mesh_seconds)
         extra["psnr_splat"], extra["ssim_splat"] = scores["psnr"], scores["ssim"]
         scores = {k: extra.pop(f"{k}_mesh") for k in ("psnr", "ssim", "lpips")}
@@ -259,7 +260,7 @@ def _stored_long_side(transforms) -> int | None:
 
 
 def _mesh_stage(transforms, posed: PosedSet, train_ids: list[int], fit, held: PosedSet | None, gt, config: ReconConfig,
-                progress, cancel) -> tuple[Any, dict[str, float], dict[str, Any]]:
+                name: str, progress, cancel) -> tuple[Any, dict[str, float], dict[str, Any]]:
     """Splats -> textured mesh, baked from the training photos at ``bake_resolution`` (at the
     fitted cameras); returns the mesh, seconds per stage and mesh metrics (psnr_mesh, ...)."""
     from .io.posed import load_posed_set
@@ -280,7 +281,7 @@ def _mesh_stage(transforms, posed: PosedSet, train_ids: list[int], fit, held: Po
     photos = PosedSet(cams, photos.images, photos.masks, photos.names, photos.meta)
     seconds["bake_load"] = time.perf_counter() - t
     mesh_cfg = MeshConfig(faces=config.faces, texture_size=config.texture_size, device=config.device, **config.mesh)
-    res = splats_to_mesh(fit.splats, photos, mesh_cfg, name=Path(str(transforms)).parent.name or "viewforge_mesh",
+    res = splats_to_mesh(fit.splats, photos, mesh_cfg, name=name or "viewforge_mesh",
                          progress=progress, cancel=cancel)
     seconds.update({f"mesh_{k}": v for k, v in res.seconds.items()})
     t = time.perf_counter()
