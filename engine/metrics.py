@@ -39,3 +39,19 @@ def ssim(pred: np.ndarray, gt: np.ndarray) -> float:
 def lpips(pred: np.ndarray, gt: np.ndarray) -> float | None:
     """LPIPS, or None: its network weights are not shipped and never downloaded at run time."""
     return None
+
+
+def view_scores(preds, images, masks=None) -> dict[str, float | None]:
+    """Mean PSNR/SSIM (and LPIPS of the first view) of renders already on white, ``preds``
+    (list of (H, W, 3)), against ``images`` composited on white with their ``masks`` (None: no
+    alpha). All None for no views."""
+    preds = list(preds)
+    if not preds:
+        return {"psnr": None, "ssim": None, "lpips": None}
+    masks = list(masks) if masks is not None else [None] * len(preds)
+    gts = [composite_on_white(img, m) for img, m in zip(images, masks)]
+    return {
+        "psnr": float(np.mean([psnr(p, g) for p, g in zip(preds, gts)])),
+        "ssim": float(np.mean([ssim(p, g) for p, g in zip(preds, gts)])),
+        "lpips": lpips(preds[0], gts[0]),
+    }

@@ -70,21 +70,11 @@ def chamfer_fscore(pred: Mesh, gt: Mesh, *, samples: int = SAMPLES, radius: floa
 def image_scores(mesh: Mesh, posed: PosedSet) -> dict[str, float | None]:
     """Mean PSNR/SSIM of the textured mesh rendered (unlit) at the posed cameras vs the images,
     both composited on white."""
-    from ..metrics import composite_on_white, lpips, psnr, ssim
+    from ..metrics import composite_on_white, view_scores
     from .raster import render_textured
 
-    ps, ss = [], []
-    first = None
-    masks = posed.masks if posed.masks is not None else [None] * len(posed)
-    for cam, img, m in zip(posed.cameras, posed.images, masks):
-        rgb, alpha = render_textured(mesh, cam)
-        pred = composite_on_white(rgb, alpha)
-        gt = composite_on_white(img, m)
-        ps.append(psnr(pred, gt))
-        ss.append(ssim(pred, gt))
-        if first is None:
-            first = (pred, gt)
-    return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "lpips": lpips(*first) if first else None}
+    preds = [composite_on_white(*render_textured(mesh, cam)) for cam in posed.cameras]
+    return view_scores(preds, posed.images, posed.masks)
 
 
 def gt_in_camera_frame(gt: Mesh, posed_meta: dict[str, Any] | None) -> Mesh:
