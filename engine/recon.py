@@ -112,19 +112,13 @@ def _subset(posed: PosedSet, ids: list[int]) -> PosedSet:
 
 def evaluate_views(splats, posed: PosedSet | None, device: str = "auto") -> dict[str, float | None]:
     """Mean PSNR/SSIM of the splats rendered on white vs the images composited on white."""
-    from .metrics import composite_on_white, lpips, psnr, ssim
+    from .metrics import view_scores
     from .splat.fit import render_splats
 
     if posed is None or len(posed) == 0:
-        return {"psnr": None, "ssim": None, "lpips": None}
+        return view_scores([], [])
     outs = render_splats(splats, posed.cameras, background=(1.0, 1.0, 1.0), device=device)
-    masks = posed.masks if posed.masks is not None else [None] * len(posed)
-    gts = [composite_on_white(img, m) for img, m in zip(posed.images, masks)]
-    return {
-        "psnr": float(np.mean([psnr(o["rgb"], g) for o, g in zip(outs, gts)])),
-        "ssim": float(np.mean([ssim(o["rgb"], g) for o, g in zip(outs, gts)])),
-        "lpips": lpips(outs[0]["rgb"], gts[0]),
-    }
+    return view_scores([o["rgb"] for o in outs], posed.images, posed.masks)
 
 
 def reconstruct(
@@ -174,14 +168,9 @@ def reconstruct(
     )
     if fit_overrides:
         fit_cfg = replace(fit_cfg, **fit_overrides)
-    feature_set = None
-    if config.pose_refine:
-        # feature pose refinement finds far more matches on 400-800 px photos than at the fit's size
-        stored = _stored_long_side(transforms)
-        want = FEATURE_RESOLUTION if stored is None else min(stored, FEATURE_RESOLUTION)
-        current = max(posed.cameras[0].width, posed.cameras[0].height)
-        if want > current:
-            feature_set = _subset(load_posed_set(transforms, resolution=want, cancel=cancel), train_ids)
+    # feature pose refinement finds far more matches on 400-800 px photos than at the fit's size
+    feature_set = (_sharper_training_photos(transforms, posed, train_ids, FEATURE_RESOLUTION, cancel)
+                   if config.pose_refine else None)
     result = fit_splats(train, fit_cfg, feature_set=feature_set, progress=progress, cancel=cancel)
     seconds.update({f"fit_{k}" if k != "fit" else "fit": v for k, v in result.seconds.items()})
     t = time.perf_counter()
@@ -259,23 +248,34 @@ def _stored_long_side(transforms) -> int | None:
         return None
 
 
+def _sharper_training_photos(transforms, posed: PosedSet, train_ids: list[int], cap: int | None,
+                             cancel) -> PosedSet | None:
+    """The training views reloaded with their longer side at min(stored size, ``cap``) (``cap``
+    None: as stored) when that is larger than the loaded ``posed``'s; None otherwise (never
+    upsampled, nor when the stored size cannot be read)."""
+    from .io.posed import load_posed_set
+
+    stored = _stored_long_side(transforms)
+    if stored is None:
+        return None
+    target = stored if cap is None else min(stored, cap)
+    if target <= max(posed.cameras[0].width, posed.cameras[0].height):
+        return None
+    return _subset(load_posed_set(transforms, resolution=None if target == stored else target, cancel=cancel),
+                   train_ids)
+
+
 def _mesh_stage(transforms, posed: PosedSet, train_ids: list[int], fit, held: PosedSet | None, gt, config: ReconConfig,
                 name: str, progress, cancel) -> tuple[Any, dict[str, float], dict[str, Any]]:
     """Splats -> textured mesh, baked from the training photos at ``bake_resolution`` (at the
     fitted cameras); returns the mesh, seconds per stage and mesh metrics (psnr_mesh, ...)."""
-    from .io.posed import load_posed_set
     from .mesh import MeshConfig, splats_to_mesh
     from .mesh.evaluate import chamfer_fscore, gt_in_camera_frame, image_scores
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    photos = _subset(posed, train_ids)
-    stored = _stored_long_side(transforms)
-    target = stored if config.bake_resolution is None or stored is None else min(stored, config.bake_resolution)
-    current = max(posed.cameras[0].width, posed.cameras[0].height)
-    if target is not None and target > current:  # sharper photos for the texture, never upsampled
-        full = load_posed_set(transforms, resolution=None if target == stored else target, cancel=cancel)
-        photos = _subset(full, train_ids)
+    photos = (_sharper_training_photos(transforms, posed, train_ids, config.bake_resolution, cancel)
+              or _subset(posed, train_ids))
     # the fitted (possibly refined) training cameras, at the bake photos' size
     cams = [c.resized(p.width, p.height) for c, p in zip(fit.cameras, photos.cameras)]
     photos = PosedSet(cams, photos.images, photos.masks, photos.names, photos.meta)
