@@ -71,9 +71,7 @@ def _accumulate(points, normals, views: list[BakeView], vertices, faces, tol: fl
         py = xy[idx, 1].astype(np.int64)
         zbuf = frags.depth[py, px]
         vis = np.abs(zbuf - z[idx]) <= tol + 0.002 * z[idx]
-        idx = idx[vis]
-        if not len(idx):
-            continue
+        idx = idx[vis]  # may be empty: the view still counts for progress
         if view.mask is None:
             colour = sample_bilinear(view.rgb.astype(np.float32), xy[idx])
             cover = np.ones(len(idx))
