@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.errors import Cancelled, DependencyError, InputError
+from ..engine.progress import poll_until_done
 
 log = logging.getLogger(__name__)
 
@@ -357,14 +358,8 @@ class PipInstall:
         return False
 
     def wait(self, timeout: float | None = None, interval: float = 0.05, on_progress=None) -> bool:
-        end = None if timeout is None else time.monotonic() + timeout
-        while self.poll():
-            if on_progress is not None:
-                on_progress(self)
-            if end is not None and time.monotonic() > end:
-                return False
-            time.sleep(interval)
-        return True
+        tick = None if on_progress is None else (lambda: on_progress(self))
+        return poll_until_done(self.poll, timeout, interval, tick)
 
 
 __all__ = [

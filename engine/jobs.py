@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator
 
 from . import errors as _errors
 from .errors import Cancelled, InputError, ResourceError, ViewforgeError
-from .progress import CancelToken, ProgressCallback, ProgressEvent
+from .progress import CancelToken, ProgressCallback, ProgressEvent, poll_until_done
 
 log = logging.getLogger(__name__)
 
@@ -436,14 +436,9 @@ class JobProcess:
     def wait(self, timeout: float | None = None, interval: float = 0.05, on_progress: Callable[["JobProcess"], None] | None = None) -> bool:
         """Poll until the job ends (or ``timeout`` seconds); returns True when it ended.
         Ctrl-C cancels the job and waits for it to stop."""
-        end = None if timeout is None else time.monotonic() + timeout
+        tick = None if on_progress is None else (lambda: on_progress(self))
         try:
-            while self.poll():
-                if on_progress is not None:
-                    on_progress(self)
-                if end is not None and time.monotonic() > end:
-                    return False
-                time.sleep(interval)
+            return poll_until_done(self.poll, timeout, interval, tick)
         except KeyboardInterrupt:
             self.cancel()
             while self.poll():

@@ -81,3 +81,20 @@ def check(cancel: CancelToken | None) -> None:
     """``cancel.check()`` that accepts ``None``."""
     if cancel is not None:
         cancel.check()
+
+
+def poll_until_done(poll: Callable[[], bool], timeout: float | None = None, interval: float = 0.05,
+                    on_tick: Callable[[], None] | None = None) -> bool:
+    """Call ``poll()`` (True while the work runs) every ``interval`` seconds, ``on_tick()`` after
+    each poll that found it running, until it ends (returns True) or ``timeout`` seconds pass
+    (returns False). For callers without an event loop: batch jobs, blocking Blender runs."""
+    import time
+
+    end = None if timeout is None else time.monotonic() + timeout
+    while poll():
+        if on_tick is not None:
+            on_tick()
+        if end is not None and time.monotonic() > end:
+            return False
+        time.sleep(interval)
+    return True
