@@ -246,9 +246,27 @@ def _import(path: str):
     return getattr(importlib.import_module(mod), name)
 
 
+#: Modules whose import registers built-in generators (light: their heavy imports are inside functions).
+BUILTIN_MODULES = (".zero123pp",)
+
+
+def builtins() -> dict[str, RegistryEntry]:
+    """The registry with the built-in backends registered."""
+    import importlib
+
+    for mod in BUILTIN_MODULES:
+        try:
+            importlib.import_module(__package__ + mod)
+        except ModuleNotFoundError as exc:  # a backend not in this build
+            if exc.name != __package__ + mod:
+                raise
+    return REGISTRY
+
+
 def resolve(model: str) -> RegistryEntry:
     """The registry entry for an id, or for a local model folder (its ``viewforge_generator.json``
     names the id)."""
+    builtins()
     if model in REGISTRY:
         return REGISTRY[model]
     path = Path(model).expanduser()
