@@ -534,7 +534,6 @@ def prepare(source: str | os.PathLike | np.ndarray, config: PrepConfig = PrepCon
     than ``min_object_fraction``; :class:`DependencyError` when ``use_rembg=True`` and rembg is
     missing."""
     t0 = time.perf_counter()
-    cv2 = _cv2()
     rgb, alpha, name = _load(source)
     h0, w0 = rgb.shape[:2]
     has_alpha = has_meaningful_alpha(alpha)
@@ -588,7 +587,6 @@ def prepare(source: str | os.PathLike | np.ndarray, config: PrepConfig = PrepCon
     bbox = (min(bx[0], w0), min(bx[1], h0), min(bx[2], w0), min(bx[3], h0))
     seconds = time.perf_counter() - t0
     log.debug("prepared %s: %s, object %.1f%% of the image, %.2f s", name, method, 100 * frac, seconds)
-    del cv2
     return PrepResult(
         image=ConditionImage(rgba, fill=float(config.fill), source=name),
         method=method,
