@@ -15,7 +15,7 @@ its bounding box centred and its longest side spanning ``fill`` of the side.
    side spans ``fill * size`` pixels and its centre lands on the image centre (one exact affine
    resampling of premultiplied colour; see :func:`recentre`).
 
-Border matting, the model (docs/mvgen.md has the same in prose):
+Border matting, the model:
 
 * The *border strip* (``border`` of the shorter side) is sampled from a lightly blurred copy of the
   image (sigma 1 px, which divides JPEG/sensor noise by about 3).
