@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 
@@ -177,6 +177,18 @@ def _tensors(posed: PosedSet, device):
     return imgs, masks
 
 
+def _view_schedule(n: int, weights: "Sequence[float] | None") -> np.ndarray:
+    """View indices of one pass: view i repeated round(w_i / min(w)) times."""
+    if weights is None:
+        return np.arange(n)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        from ..errors import InputError
+
+        raise InputError(f"view_weights must be {n} positive numbers, got {list(w)}", "give one weight > 0 per view")
+    return np.repeat(np.arange(n), np.maximum(np.round(w / w.min()), 1).astype(int))
+
+
 def _initial(posed: PosedSet, cfg: FitConfig) -> Splats:
     if posed.masks is not None:
         pts, cols, spacing = visual_hull_points(posed, cfg.init_points, seed=cfg.seed)
@@ -191,10 +203,16 @@ def fit_splats(
     *,
     init: Splats | None = None,
     feature_set: PosedSet | None = None,
+    view_weights: "Sequence[float] | None" = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> FitResult:
     """Fit Gaussians to ``posed`` (all its views are training views). See :class:`FitConfig`.
+
+    init: start from these Gaussians (a warm start) instead of the visual hull.
+    view_weights: one weight > 0 per view: a view with weight w is visited w / min(weights) times
+    (rounded) per pass over the views, so it takes that many more optimisation steps (the
+    3D-aware sampler gives the condition image a high weight). None: every view once per pass.
 
     feature_set: the same views (same order and poses) at a higher resolution, used instead of
     ``posed`` by the feature pose refinement (features are found far better on 400-800 px photos
@@ -282,12 +300,13 @@ def fit_splats(
     snapshot = {k: v.detach().clone() for k, v in params.items()}
     failures = 0
     order: list[int] = []
+    schedule = _view_schedule(len(posed), view_weights)
     t_fit = time.perf_counter()
     step = 0
     while step < cfg.iterations:
         check(cancel)
         if not order:
-            order = list(rng.permutation(len(posed)))
+            order = list(rng.permutation(schedule))
         if step in align_steps:
             align_steps.discard(step)
             w2c0 = _align_round(params, posed, w2c0, pose_delta, cfg, device, progress, cancel)
