@@ -253,7 +253,11 @@ class Zero123PlusGenerator:
         self.device, self.dtype = device, dtype
         self.guidance_scale = float(guidance_scale)
         self.evaluations = 0
-        kw = dict(torch_dtype=dtype, use_safetensors=True)
+        kw: dict = dict(torch_dtype=dtype, use_safetensors=True)
+        import importlib.util
+
+        if importlib.util.find_spec("accelerate") is None:
+            kw["low_cpu_mem_usage"] = False  # what diffusers falls back to anyway, without its warning
         self.unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"), **kw).to(device).eval()
         self.vae = AutoencoderKL.from_pretrained(str(folder / "vae"), **kw).to(device).eval()
         self.text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), dtype=dtype,
