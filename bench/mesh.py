@@ -10,6 +10,12 @@ its own process so its timings and peak RSS are its own). Prints chamfer / F-sco
 protocol: ground-truth box longest side spanning [-1, 1], 100k samples), the textured mesh's and
 the splats' held-out PSNR, faces, and seconds per stage. Issue 4's targets at 24 views: F-score
 >= 0.95, chamfer <= 0.03, mesh PSNR within 2 dB of the splats'.
+
+Diagnostic column "PSNR soft" (not the protocol): the same mesh rendered at the held-out views with
+a softer pixel filter (8x8 samples, Gaussian sigma 0.5 px, then box) that matches how the
+reference images were made (Cycles' Blackman-Harris pixel filter at 256 px, then the loader's area
+resize to the fit size): the true Duck geometry with the photos baked on scores 35.9 dB under
+the protocol's 3x3 box filter and 38.4 dB with this one (docs/mesh.md).
 """
 
 from __future__ import annotations
@@ -39,6 +45,32 @@ def _run(cmd: list[str]) -> float:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     return time.perf_counter() - t
+
+
+def soft_psnr(glb: Path, transforms: Path, views: int, resolution: int, sigma: float = 0.5, k: int = 8) -> float:
+    """Held-out PSNR of the textured mesh rendered with k x k samples per pixel, a Gaussian
+    pixel filter of ``sigma`` output pixels and a box (diagnostic; see the module doc)."""
+    import numpy as np
+    from scipy import ndimage
+
+    from viewforge.engine.io.mesh import read_mesh
+    from viewforge.engine.io.posed import load_posed_set
+    from viewforge.engine.mesh.raster import render_textured
+    from viewforge.engine.metrics import composite_on_white, psnr
+    from viewforge.engine.recon import split_views
+
+    mesh = read_mesh(glb)
+    posed = load_posed_set(transforms, resolution=resolution)
+    _, held = split_views(len(posed), views, 8)
+    scores = []
+    for i in held:
+        cam = posed.cameras[i]
+        rgb, a = render_textured(mesh, cam.resized(cam.width * k, cam.height * k), 1)
+        pm = ndimage.gaussian_filter(np.concatenate([rgb * a[..., None], a[..., None]], 2), (sigma * k, sigma * k, 0))
+        pm = pm.reshape(cam.height, k, cam.width, k, 4).mean((1, 3))
+        gt = composite_on_white(posed.images[i], None if posed.masks is None else posed.masks[i])
+        scores.append(psnr(pm[..., :3] + (1 - pm[..., 3:]), gt))
+    return float(np.mean(scores))
 
 
 def main() -> int:
@@ -78,16 +110,17 @@ def main() -> int:
             m = json.loads(metrics.read_text())
             row = {"object": name, "views": views, "chamfer": m["chamfer"], "fscore": m["fscore"],
                    "psnr_mesh": m["psnr"], "psnr_splat": m["psnr_splat"], "faces": m["num_faces"],
-                   "seconds": round(wall, 1)}
+                   "seconds": round(wall, 1),
+                   "psnr_mesh_soft": round(soft_psnr(out, posed / "transforms.json", views, args.resolution), 3)}
             rows.append(row)
             details.append((row, m["seconds"], m.get("peak_rss_mb")))
             print(json.dumps(row), file=sys.stderr)
-    head = f"{'object':<14}{'views':>6}{'chamfer':>9}{'F@0.1':>8}{'PSNR mesh':>11}{'PSNR splat':>12}{'faces':>8}{'seconds':>9}"
+    head = f"{'object':<14}{'views':>6}{'chamfer':>9}{'F@0.1':>8}{'PSNR mesh':>11}{'PSNR splat':>12}{'PSNR soft':>11}{'faces':>8}{'seconds':>9}"
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['object']:<14}{r['views']:>6}{r['chamfer']:>9.4f}{r['fscore']:>8.4f}{r['psnr_mesh']:>11.2f}"
-              f"{r['psnr_splat']:>12.2f}{r['faces']:>8}{r['seconds']:>9.1f}")
+              f"{r['psnr_splat']:>12.2f}{r['psnr_mesh_soft']:>11.2f}{r['faces']:>8}{r['seconds']:>9.1f}")
     print("\nseconds per stage (fit = splat optimisation; mesh_* = the mesh stage):")
     for r, sec, rss in details:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in sec.items() if v >= 0.5)

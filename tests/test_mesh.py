@@ -17,7 +17,7 @@ from viewforge.engine.mesh.cleanup import cap_face_budget, keep_main_components,
 from viewforge.engine.mesh.evaluate import chamfer_fscore, sample_surface
 from viewforge.engine.mesh.extract import fibonacci_directions, fuse_tsdf, marching_cubes, virtual_cameras
 from viewforge.engine.mesh.raster import interpolate, rasterize_mesh, rasterize_uv, render_textured
-from viewforge.engine.mesh.texture import bake_texture, push_pull_fill, unwrap, BakeView
+from viewforge.engine.mesh.texture import bake_texture, push_pull_fill, refine_texture, unwrap, BakeView
 from viewforge.engine.progress import CancelToken
 from viewforge.engine.splat.model import Splats
 
@@ -159,6 +159,34 @@ def test_bake_from_photos_reproduces_the_colours_at_a_new_view():
     b, _ = render_textured(painted, new_view)
     err = np.sqrt(np.mean((a - b) ** 2))
     assert err < 0.03, err
+
+
+def test_least_squares_texture_beats_the_averaging_bake_on_sharp_edges():
+    # a sphere with a sharp 3D checker texture; photos rendered as render_textured draws them
+    sphere = _sphere(4)
+    vmap, faces, uvs = unwrap(sphere.vertices, sphere.faces, 256)
+    verts = sphere.vertices[vmap].astype(np.float64)
+    frags = rasterize_uv(uvs, faces, 256)
+    p = interpolate(frags, faces, verts)
+    check = np.floor(p * 4 + 8).sum(1) % 2
+    true = np.zeros((256, 256, 3))
+    true[frags.mask] = np.stack([0.2 + 0.6 * check, 0.3 + 0.4 * check, 0.8 - 0.6 * check], 1)
+    truth = Mesh(verts, faces, uvs=uvs, texture=(true * 255 + 0.5).astype(np.uint8))
+    photos = [BakeView(c, *render_textured(truth, c)) for c in _cams(16, 96)]
+    baked, _ = bake_texture(verts, faces, uvs, 256, photos, tolerance=0.02)
+    refined = refine_texture(verts, faces, uvs, baked, photos)
+    assert refined.shape == baked.shape and refined.dtype == np.uint8
+
+    def held_out_rms(tex):
+        mesh = Mesh(verts, faces, uvs=uvs, texture=tex)
+        errs = [np.mean((render_textured(mesh, c)[0] - render_textured(truth, c)[0]) ** 2) for c in _cams(23, 96)[::4]]
+        return float(np.sqrt(np.mean(errs)))
+
+    e_bake, e_ref = held_out_rms(baked), held_out_rms(refined)
+    # measured: bake 0.0278, least squares 0.0182
+    assert e_ref < 0.75 * e_bake and e_ref < 0.022, (e_bake, e_ref)
+    # no iterations: the bake unchanged
+    assert np.array_equal(refine_texture(verts, faces, uvs, baked, photos, iterations=0), baked)
 
 
 # --------------------------------------------------------------------------------------------

@@ -52,6 +52,12 @@ class MeshConfig:
     smooth_iterations: Taubin smoothing passes after marching cubes (default 5).
     bake_render_views: splat renders used for texels no photo sees (default 24; 0 = none).
     bake_power: exponent of cos(viewing angle) in the bake's weights (default 4).
+    texture_refine_iterations: conjugate-gradient steps of the least-squares texture refinement
+        against the photos (default 30; 0 = the averaging bake only; docs/mesh.md).
+    texture_refine_damping: its pull towards the averaging bake, relative to the data term
+        (default 3).
+    texture_refine_resolution: the photos are reduced to this longer side for the refinement
+        (default 512; its cost grows with the photos' pixels).
     device: compute device for splat rendering ("auto", "cpu", "cuda", "mps").
     """
 
@@ -67,6 +73,9 @@ class MeshConfig:
     smooth_iterations: int = 5
     bake_render_views: int = 24
     bake_power: float = 4.0
+    texture_refine_iterations: int = 30
+    texture_refine_damping: float = 3.0
+    texture_refine_resolution: int = 512
     device: str = "auto"
 
 
@@ -94,7 +103,7 @@ def splats_to_mesh(
     from ..splat.fit import render_splats
     from .cleanup import cap_face_budget, fill_small_holes, keep_main_components, signed_volume, simplify, smooth
     from .extract import fuse_tsdf, marching_cubes, splat_bounds, virtual_cameras
-    from .texture import BakeView, bake_texture, unwrap
+    from .texture import BakeView, bake_texture, refine_texture, unwrap
 
     budget = cap_face_budget(config.faces)
     tex_size = int(min(max(config.texture_size, MIN_TEXTURE), MAX_TEXTURE))
@@ -172,7 +181,32 @@ def splats_to_mesh(
                                      power=config.bake_power, progress=progress, cancel=cancel)
     seconds["bake"] = time.perf_counter() - t
 
+    if photo_views and config.texture_refine_iterations > 0:
+        t = time.perf_counter()
+        texture = refine_texture(v, f, uv, texture, _reduced(photo_views, config.texture_refine_resolution),
+                                 iterations=config.texture_refine_iterations,
+                                 damping=config.texture_refine_damping, progress=progress, cancel=cancel)
+        seconds["texture_refine"] = time.perf_counter() - t
+
     mesh = Mesh(v, f, normals=normals, uvs=uv, texture=texture, name=name)
     log.info("mesh: %d faces, %d vertices, texture %d px, coverage %s", mesh.num_faces, mesh.num_vertices,
              tex_size, coverage)
     return MeshResult(mesh, seconds, coverage)
+
+
+def _reduced(views, long_side: int):
+    """The bake views with their longer side reduced to ``long_side`` (never enlarged)."""
+    from ..images import resize
+    from .texture import BakeView
+
+    out = []
+    for view in views:
+        cam = view.camera
+        scale = long_side / max(cam.width, cam.height)
+        if scale >= 1:
+            out.append(view)
+            continue
+        w, h = max(1, round(cam.width * scale)), max(1, round(cam.height * scale))
+        mask = None if view.mask is None else resize(np.asarray(view.mask, dtype=np.float32), w, h)
+        out.append(BakeView(cam.resized(w, h), resize(np.asarray(view.rgb, dtype=np.float32), w, h), mask))
+    return out

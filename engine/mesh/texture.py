@@ -173,3 +173,116 @@ def bake_texture(
     stats = {"photo": float(from_photo.sum()) / n, "render": float(from_render.sum()) / n,
              "filled": float((~known).sum()) / n}
     return (np.clip(tex, 0, 1) * 255 + 0.5).astype(np.uint8), stats
+
+
+def _texel_rows(vertices, faces, uvs, size: int, views: list[BakeView], supersample: int, alpha_min: float,
+                cancel) -> tuple:
+    """Sparse rows of the linear render model: each photo pixel the mesh covers entirely (and the
+    photo's mask is above ``alpha_min``) = the mean over its ``supersample``^2 samples of the
+    bilinear texel lookup at each sample's UV (as ``render_textured`` draws it). Returns (row,
+    col (texel index y * size + x), weight, targets (R, 3), number of rows R)."""
+    rows, cols, vals, targets = [], [], [], []
+    offset = 0
+    ss = int(supersample)
+    for view in views:
+        check(cancel)
+        cam = view.camera.without_distortion()
+        w, h = cam.width, cam.height
+        frags = rasterize_mesh(vertices, faces, cam.resized(w * ss, h * ss))
+        m = frags.mask
+        full = m.reshape(h, ss, w, ss).sum((1, 3)) == ss * ss
+        if view.mask is not None:
+            full &= np.asarray(view.mask, dtype=np.float32) > alpha_min
+        ys, xs = np.nonzero(m)
+        pix = (ys // ss) * w + xs // ss
+        keep = full.reshape(-1)[pix]
+        if not keep.any():
+            continue
+        uv = interpolate(frags, faces, uvs)[keep]
+        pix = pix[keep]
+        upix, row = np.unique(pix, return_inverse=True)
+        x = np.clip(uv[:, 0] * size - 0.5, 0, size - 1)
+        y = np.clip((1.0 - uv[:, 1]) * size - 0.5, 0, size - 1)
+        x0 = np.floor(x).astype(np.int64)
+        y0 = np.floor(y).astype(np.int64)
+        x1 = np.minimum(x0 + 1, size - 1)
+        y1 = np.minimum(y0 + 1, size - 1)
+        fx, fy = x - x0, y - y0
+        for yy, xx, wt in ((y0, x0, (1 - fx) * (1 - fy)), (y0, x1, fx * (1 - fy)), (y1, x0, (1 - fx) * fy),
+                           (y1, x1, fx * fy)):
+            rows.append(row + offset)
+            cols.append(yy * size + xx)
+            vals.append(wt / (ss * ss))
+        targets.append(view.rgb.reshape(-1, view.rgb.shape[-1])[upix, :3].astype(np.float64))
+        offset += len(upix)
+    if not rows:
+        return None
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), np.concatenate(targets), offset
+
+
+def refine_texture(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    uvs: np.ndarray,
+    texture: np.ndarray,
+    photos: list[BakeView],
+    *,
+    iterations: int = 30,
+    damping: float = 3.0,
+    supersample: int = 2,
+    alpha_min: float = 0.99,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> np.ndarray:
+    """Texel colours solved by least squares so that the textured mesh, rendered as
+    ``render_textured`` draws it, reproduces the photos (docs/mesh.md): minimise
+    sum_pixels |A t - photo|^2 + lambda |t - t0|^2 over the texels t the photos constrain, where
+    row A_p of a pixel holds the bilinear weights of its ``supersample``^2 samples and t0 is the
+    averaging bake ``texture`` (uint8 or float in [0, 1], (S, S, 3)). lambda = ``damping`` x the
+    mean diagonal of A^T A (the texture has more texels than the photos have pixels: the prior
+    keeps the unconstrained directions at the bake). Solved by Jacobi-preconditioned conjugate
+    gradients on the normal equations, ``iterations`` steps from t0. Only pixels the mesh
+    covers entirely and the photo's mask keeps (> ``alpha_min``) count: silhouettes do not
+    bleed the background into the texture. Returns the texture as uint8."""
+    import scipy.sparse as sp
+
+    size = texture.shape[0]
+    t0_full = texture[..., :3].astype(np.float64)
+    if texture.dtype == np.uint8:
+        t0_full = t0_full / 255.0
+    out = t0_full.reshape(-1, 3).copy()
+    built = _texel_rows(np.asarray(vertices, dtype=np.float64), faces, np.asarray(uvs, dtype=np.float64), size,
+                        photos, supersample, alpha_min, cancel)
+    if built is not None and iterations > 0:
+        row, col, val, target, n = built
+        used, col = np.unique(col, return_inverse=True)
+        a = sp.csr_matrix((val, (row, col)), shape=(n, len(used)))
+        at = a.T.tocsr()
+        diag = np.asarray(a.multiply(a).sum(axis=0)).ravel()
+        lam = damping * float(diag.mean())
+        t0 = out[used]
+
+        def normal(z):
+            return at @ (a @ z) + lam * z
+
+        x = t0.copy()
+        res = at @ target + lam * t0 - normal(x)
+        precond = 1.0 / (diag + lam)
+        z = res * precond[:, None]
+        p = z.copy()
+        rz = (res * z).sum(0)
+        for k in range(iterations):
+            check(cancel)
+            ap = normal(p)
+            step = rz / np.maximum((p * ap).sum(0), 1e-30)
+            x += p * step
+            res -= ap * step
+            z = res * precond[:, None]
+            rz_new = (res * z).sum(0)
+            p = z + p * (rz_new / np.maximum(rz, 1e-30))
+            rz = rz_new
+            report(progress, "texture_refine", k + 1, iterations, f"step {k + 1}/{iterations}")
+        log.info("texture refine: %d pixels, %d texels, rms %.4f -> %.4f", n, len(used),
+                 float(np.sqrt(np.mean((a @ t0 - target) ** 2))), float(np.sqrt(np.mean((a @ x - target) ** 2))))
+        out[used] = np.clip(x, 0.0, 1.0)
+    return (out.reshape(size, size, 3) * 255 + 0.5).astype(np.uint8)
