@@ -6,7 +6,7 @@ errors), 1 with one line on an unexpected error (the traceback only with ``--deb
 Ctrl-C. Outputs are written atomically, so a failed or interrupted command leaves nothing at the
 output path. A progress bar is drawn on stderr when stderr is a terminal.
 
-Adding a command (``reconstruct``, ``generate``, ``eval``, ``batch`` come in later issues): write
+Adding a command: write
 ``_add_<name>(parser)`` and ``_run_<name>(args, progress) -> int`` and append a :class:`Command`
 to :data:`COMMANDS`. Import heavy modules (bpy, torch) inside ``_run_<name>`` only, so ``--help``
 and engine-only commands never pay for them.
@@ -350,6 +350,83 @@ def _run_reconstruct(args: argparse.Namespace, progress: ProgressBar) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# generate
+# ---------------------------------------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: '{text}'") from None
+    if not (0.0 < value < 1e6):
+        raise argparse.ArgumentTypeError(f"must be a positive length, got {text}")
+    return value
+
+
+def _add_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE", help="one image of one object: PNG/JPEG/WebP; RGBA or on a plain background")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file: .glb or .blend (UV-textured mesh) or .ply (3D Gaussian splats)")
+    p.add_argument("--model", default="zero123pp-v1.2", metavar="ID_OR_DIR",
+                   help="multi-view generator: a registry id or a local model folder (default zero123pp-v1.2)")
+    p.add_argument("--steps", type=_positive_int, default=4, metavar="K",
+                   help="sampling steps (default 4; two generator evaluations each with guidance)")
+    p.add_argument("--method", choices=("aware", "oneshot", "im3d"), default="aware",
+                   help="aware: 3D-aware sampling, reconstruction inside every step (default); oneshot: "
+                        "generate the views, then reconstruct; im3d: IM-3D's regeneration rounds")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="noise seed (default 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="compute device (default auto: CUDA, else Apple MPS, else CPU)")
+    p.add_argument("--faces", type=_positive_int, default=30000, metavar="F", help="mesh face budget (default 30000)")
+    p.add_argument("--texture-size", type=_positive_int, default=1024, metavar="T",
+                   help="base-colour texture size in pixels (default 1024: the views are 320 px)")
+    p.add_argument("--size", type=_positive_float, default=1.0, metavar="METRES",
+                   help="longest side of the result (default 1); it stands on z = 0, centred in x and y")
+    p.add_argument("--iterations", type=_positive_int, default=1000, metavar="I",
+                   help="splat fit steps of the first reconstruction; later ones get 30%% of it (default 1000)")
+    p.add_argument("--grid", type=_positive_int, default=192, metavar="G",
+                   help="mesh extraction voxels along the object's longest side (default 192)")
+    p.add_argument("--allow-download", action="store_true",
+                   help="download the model's weights when they are not in the local cache (needs network; "
+                        "see the licence in docs/zero123pp.md)")
+    p.add_argument("--metrics", metavar="M.json", default=None,
+                   help="write the metrics JSON (generator evaluations, faces, seconds per stage) here")
+    p.add_argument("--no-rvc", action="store_true",
+                   help="accepted for scripts; no effect here: RVC applies to reconstruction from photos, "
+                        "generation from one image has no input cameras to compensate for")
+
+
+def _run_generate(args: argparse.Namespace, progress: ProgressBar) -> int:
+    import time
+
+    from .engine.generate import GenerateConfig, generate
+    from .engine.mvgen.base import resolve
+
+    if args.metrics is not None:
+        from .engine.io.atomic import check_output_path
+
+        check_output_path(args.metrics, (".json",))
+    resolve(args.model)  # an unknown model fails now, not after the image is prepared
+    cfg = GenerateConfig(
+        model=args.model, steps=args.steps, method=args.method, seed=args.seed, device=args.device,
+        allow_download=args.allow_download, faces=args.faces, texture_size=args.texture_size, size=args.size,
+        fit_iterations=args.iterations, warm_iterations=max(1, args.iterations * 3 // 10), mesh={"grid": args.grid},
+    )  # fmt: skip
+    t = time.perf_counter()
+    res = _reconstruct_to(
+        Path(args.output),
+        lambda out: generate(args.image, out, cfg, metrics_path=args.metrics, progress=progress),
+    )
+    progress.close()
+    m = res.metrics
+    what = f"{m['num_faces']} faces" if m.get("num_faces") is not None else f"{m['num_gaussians']} Gaussians"
+    print(f"{PROG} generate: wrote {res.output} ({what}, {m['generator_evals']} generator evaluations, "
+          f"{time.perf_counter() - t:.0f} s)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # eval
 # ---------------------------------------------------------------------------------------------
 
@@ -448,6 +525,21 @@ COMMANDS: list[Command] = [
         "--resolution 200 --metrics m.json",
     ),
     Command(
+        "generate",
+        "generate a UV-textured mesh of the object in one image",
+        "Generate a 3D object from one image: the object is cut out (alpha, else its plain "
+        "background), a multi-view generator (--model; Zero123++ v1.2 by default, weights "
+        "CC-BY-NC-4.0, about 3.9 GB, fetched only with --allow-download) paints six views around it, "
+        "and 3D-aware sampling reconstructs Gaussian splats inside each of the --steps denoising "
+        "steps so that the views agree; the splats become a mesh (simplified to --faces, unwrapped, "
+        "--texture-size texture baked from the views). The object stands on z = 0 (the ground), "
+        "centred in x and y, its longest side --size long; a .glb is +Y up as glTF requires. A .ply "
+        "OUT is the splats themselves.",
+        _add_generate,
+        _run_generate,
+        "example: viewforge generate chair.png -o chair.glb --steps 4 --seed 1",
+    ),
+    Command(
         "eval",
         "measure a mesh against a ground truth (chamfer, F-score) and at posed views (PSNR, SSIM)",
         "Chamfer distance and F-score@0.1 between PRED and --gt (100k surface samples each, both "
@@ -475,7 +567,7 @@ COMMANDS: list[Command] = [
         "run one job per posed set or image in a folder; print a summary table",
         "Run one job per input of INPUT_DIR: a folder holding transforms.json is one posed set; "
         "otherwise each sub-folder with a transforms.json is reconstructed and each image (.png, .jpg, "
-        ".webp) is generated from (not available in this version: reported as failed). Each job runs "
+        ".webp) is generated from (as viewforge generate, with the default model). Each job runs "
         "in its own worker process and writes OUT_DIR/<name>.<format>; a failed job does not stop the "
         "others. Prints a table of the jobs; exits 1 if any failed.",
         _add_batch,

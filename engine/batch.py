@@ -2,7 +2,8 @@
 
 Inputs (:func:`find_inputs`): a folder that holds ``transforms.json`` is one posed set (a
 ``reconstruct`` job); otherwise each sub-folder holding a ``transforms.json`` is a posed set and
-each image file (:data:`IMAGE_SUFFIXES`) directly in it is a ``generate`` job. Other files are
+each image file (:data:`IMAGE_SUFFIXES`) directly in it is a ``generate`` job (one image -> a
+mesh standing on z = 0, :func:`~viewforge.engine.jobs.generate_job`). Other files are
 ignored. Each job writes ``OUT_DIR/<name>.<format>`` (names made unique) atomically.
 
 Jobs run one after another (one GPU), each in its own worker process
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Cancelled, InputError, OutputError, ViewforgeError
-from .jobs import JobProcess, JobSpec, QUALITY_PRESETS, run_job
+from .jobs import GENERATE_OPTIONS, JobProcess, JobSpec, QUALITY_PRESETS, run_job
 from .progress import CancelToken, ProgressCallback, ProgressEvent
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,14 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """quality: a key of QUALITY_PRESETS; device, seed: passed to every job; output_format: .glb
-    (textured mesh) or .ply (Gaussian splats; reconstruct only); resolution, iterations: override
-    the preset (None = the preset's); views: training views per posed set (None = all); isolate: run each job in its own worker process."""
+    """quality: a key of QUALITY_PRESETS (and GENERATE_PRESETS); device, seed: passed to every
+    job; output_format: .glb (textured mesh) or .ply (Gaussian splats); resolution: override the
+    preset's fit resolution (reconstruct jobs); iterations: override the preset's steps (for
+    generate jobs: the first fit's steps, later fits 30 % of that); views: training views per
+    posed set (None = all); model: generator id or model folder of generate jobs (None: the
+    default, zero123pp-v1.2); allow_download: generate jobs may download missing weights;
+    generate: other options of generate jobs (engine/jobs.py GENERATE_OPTIONS: steps, method,
+    size, mesh, fit...); isolate: run each job in its own worker process."""
 
     quality: str = "standard"
     device: str = "auto"
@@ -51,6 +57,9 @@ class BatchConfig:
     resolution: int | None = None
     iterations: int | None = None
     views: int | None = None
+    model: str | None = None
+    allow_download: bool = False
+    generate: dict[str, Any] = field(default_factory=dict)
     isolate: bool = True
 
 
@@ -116,6 +125,9 @@ def _check(config: BatchConfig, out_dir: str | os.PathLike) -> Path:
         raise InputError(f"unknown quality '{config.quality}'", f"use one of {', '.join(QUALITY_PRESETS)}")
     if config.output_format not in FORMATS:
         raise InputError(f"unknown output format '{config.output_format}'", f"use one of {', '.join(FORMATS)}")
+    unknown = sorted(set(config.generate) - set(GENERATE_OPTIONS))
+    if unknown:
+        raise InputError(f"unknown generate option(s) {', '.join(unknown)}", f"use {', '.join(GENERATE_OPTIONS)}")
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {out} is a file", "give a folder for the batch outputs")
@@ -128,6 +140,26 @@ def _check(config: BatchConfig, out_dir: str | os.PathLike) -> Path:
     if not os.access(out, os.W_OK):
         raise OutputError(f"output folder {out} is not writable", "choose a folder you can write to")
     return out
+
+
+def job_options(config: BatchConfig, kind: str) -> dict[str, Any]:
+    """The options of a ``kind`` job ("reconstruct" or "generate") of the batch ``config``."""
+    options: dict[str, Any] = {"quality": config.quality, "device": config.device, "seed": int(config.seed)}
+    if kind == "generate":
+        if config.iterations is not None:
+            options["fit_iterations"] = int(config.iterations)
+            options["warm_iterations"] = max(1, int(config.iterations) * 3 // 10)
+        if config.model is not None:
+            options["model"] = str(config.model)
+        options["allow_download"] = bool(config.allow_download)
+        return {**options, **config.generate}
+    if config.resolution is not None:
+        options["resolution"] = int(config.resolution)
+    if config.iterations is not None:
+        options["iterations"] = int(config.iterations)
+    if config.views is not None:
+        options["views"] = int(config.views)
+    return options
 
 
 def run_batch(
@@ -145,16 +177,10 @@ def run_batch(
     """
     items = find_inputs(input_dir)
     out = _check(config, out_dir)
-    options: dict[str, Any] = {"quality": config.quality, "device": config.device, "seed": int(config.seed)}
-    if config.resolution is not None:
-        options["resolution"] = int(config.resolution)
-    if config.iterations is not None:
-        options["iterations"] = int(config.iterations)
-    if config.views is not None:
-        options["views"] = int(config.views)
+    options = {kind: job_options(config, kind) for kind in ("reconstruct", "generate")}
     rows: list[BatchRow] = []
     for i, (item, name) in enumerate(zip(items, _output_names(items, config.output_format))):
-        spec = JobSpec(item.kind, str(item.path), str(out / name), dict(options), name=item.name)
+        spec = JobSpec(item.kind, str(item.path), str(out / name), dict(options[item.kind]), name=item.name)
         label = f"[{i + 1}/{len(items)}] {item.name}"
         t0 = time.perf_counter()
         if progress is not None:
@@ -208,4 +234,5 @@ def format_table(rows: list[BatchRow]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BatchConfig", "BatchItem", "BatchRow", "FORMATS", "IMAGE_SUFFIXES", "find_inputs", "format_table", "run_batch"]
+__all__ = ["BatchConfig", "BatchItem", "BatchRow", "FORMATS", "IMAGE_SUFFIXES", "find_inputs", "format_table", "job_options",
+           "run_batch"]

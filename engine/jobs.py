@@ -2,12 +2,13 @@
 
 A **job** is a plain description (:class:`JobSpec`: kind, input path, output path, options) that a
 job function turns into files: ``reconstruct`` (a posed set -> a mesh or splats, through
-:func:`viewforge.engine.recon.reconstruct`) and ``generate`` (one image -> a mesh; not available
-in this version). Adding a kind is one function registered in :data:`JOB_FUNCTIONS`. The Blender
+:func:`viewforge.engine.recon.reconstruct`) and ``generate`` (one image -> a mesh standing on z = 0, through
+:func:`viewforge.engine.generate.generate`). Adding a kind is one function registered in :data:`JOB_FUNCTIONS`. The Blender
 operators, ``viewforge batch`` and scripts all build a :class:`JobSpec` and call the same function.
 
-**Quality presets** (:data:`QUALITY_PRESETS`) are the one place where "draft / standard / high"
-become numbers: fit resolution, optimisation steps, mesh face budget and texture size.
+**Quality presets** (:data:`QUALITY_PRESETS` for reconstruct, :data:`GENERATE_PRESETS` for
+generate) are the one place where "draft / standard / high" become numbers: fit resolution,
+optimisation steps, mesh face budget and texture size.
 
 **Worker process** (:class:`JobProcess`). A job runs in a separate Python process started with
 the *spawn* method (never fork: a forked Blender would duplicate its state and threads), so a
@@ -164,18 +165,76 @@ def reconstruct_job(spec: JobSpec, progress: ProgressCallback | None = None, can
     return JobResult(str(res.output), m, f"{what} from {m.get('views')} views in {seconds:.0f} s")
 
 
-#: Whether the ``generate`` job can run (False until the generator lands; the operator's poll uses it).
-GENERATE_AVAILABLE = False
-#: Message of the ``generate`` job until the generator lands (DESIGN.md, "Generate from one image").
-GENERATE_UNAVAILABLE = "generating a mesh from one image is not available in this version of Viewforge"
+#: Whether the ``generate`` job can run (the operator's poll and the panel use it).
+GENERATE_AVAILABLE = True
+
+
+@dataclass(frozen=True)
+class GeneratePreset:
+    """What a quality level means for generate-from-one-image. fit_iterations, warm_iterations:
+    splat fit steps of the sampler's first and later fits; faces: face budget of the mesh;
+    texture_size: side of the baked texture (the views are 320 px: more adds no detail);
+    mesh: other mesh-stage settings (MeshConfig fields)."""
+
+    fit_iterations: int
+    warm_iterations: int
+    faces: int
+    texture_size: int
+    mesh: dict[str, Any] = field(default_factory=dict)
+
+
+#: The generate job's presets (same keys as :data:`QUALITY_PRESETS`); standard is
+#: :class:`~viewforge.engine.generate.GenerateConfig`'s defaults.
+GENERATE_PRESETS: dict[str, GeneratePreset] = {
+    "draft": GeneratePreset(fit_iterations=400, warm_iterations=120, faces=10_000, texture_size=512,
+                            mesh={"grid": 128, "fuse_views": 24, "fuse_size": 128, "bake_render_views": 12}),
+    "standard": GeneratePreset(fit_iterations=1000, warm_iterations=300, faces=30_000, texture_size=1024),
+    "high": GeneratePreset(fit_iterations=2000, warm_iterations=600, faces=60_000, texture_size=2048, mesh={"grid": 256}),
+}
+
+#: Options a generate job accepts (``quality`` plus GenerateConfig field names).
+GENERATE_OPTIONS = ("quality", "model", "steps", "method", "seed", "device", "allow_download", "faces", "texture_size",
+                    "size", "fit_iterations", "warm_iterations", "mesh", "fit")
+
+
+def generate_config(quality: str = "standard", **overrides: Any):
+    """The :class:`~viewforge.engine.generate.GenerateConfig` of a quality preset with
+    ``overrides`` (GenerateConfig fields; ``None`` values are ignored; ``mesh`` and ``fit`` dicts
+    are merged into the preset's)."""
+    from .generate import GenerateConfig
+
+    if quality not in GENERATE_PRESETS:
+        raise InputError(f"unknown quality '{quality}'", f"use one of {', '.join(GENERATE_PRESETS)}")
+    unknown = sorted(k for k in overrides if k not in GENERATE_OPTIONS or k == "quality")
+    if unknown:
+        raise InputError(f"unknown generate option(s) {', '.join(unknown)}",
+                         f"use {', '.join(o for o in GENERATE_OPTIONS if o != 'quality')}")
+    preset = asdict(GENERATE_PRESETS[quality])
+    values = {**preset, **{k: v for k, v in overrides.items() if v is not None}}
+    values["mesh"] = {**preset.get("mesh", {}), **(overrides.get("mesh") or {})}
+    values["fit"] = dict(overrides.get("fit") or {})
+    names = {f.name for f in fields(GenerateConfig)}
+    return replace(GenerateConfig(), **{k: v for k, v in values.items() if k in names})
 
 
 def generate_job(spec: JobSpec, progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> JobResult:
-    """One image -> a textured mesh. Not available yet: raises a clear :class:`DependencyError`."""
-    raise _errors.DependencyError(
-        f"{Path(spec.input).name}: {GENERATE_UNAVAILABLE}",
-        "reconstruct from photos with cameras (a transforms.json or Blender cameras with photos) instead",
-    )
+    """One image (``spec.input``) -> ``spec.output`` (.glb textured mesh standing on z = 0, or
+    .ply splats) with :func:`~viewforge.engine.generate.generate`, configured by the quality
+    preset and the options (:data:`GENERATE_OPTIONS`)."""
+    from .generate import generate
+
+    opts = dict(spec.options)
+    unknown = sorted(set(opts) - set(GENERATE_OPTIONS))
+    if unknown:
+        raise InputError(f"unknown generate option(s) {', '.join(unknown)}", f"use {', '.join(GENERATE_OPTIONS)}")
+    cfg = generate_config(opts.pop("quality", "standard"), **opts)
+    t = time.perf_counter()
+    res = generate(spec.input, spec.output, cfg, progress=progress, cancel=cancel)
+    m = dict(res.metrics)
+    m["seconds_total"] = round(time.perf_counter() - t, 3)
+    what = f"{m['num_faces']} faces" if m.get("num_faces") else f"{m.get('num_gaussians')} Gaussians"
+    summary = f"{what}, {m.get('generator_evals')} generator evaluations, {m['seconds_total']:.0f} s"
+    return JobResult(str(res.output), m, summary)
 
 
 #: kind -> job function. Entries may also be ``"package.module:function"`` strings (imported in
@@ -458,7 +517,8 @@ class JobProcess:
 __all__ = [
     "CANCEL_GRACE_S",
     "GENERATE_AVAILABLE",
-    "GENERATE_UNAVAILABLE",
+    "GENERATE_OPTIONS",
+    "GENERATE_PRESETS",
     "JOB_FUNCTIONS",
     "JobProcess",
     "JobResult",
@@ -466,6 +526,7 @@ __all__ = [
     "QUALITY_PRESETS",
     "QualityPreset",
     "error_from_message",
+    "generate_config",
     "generate_job",
     "job_function",
     "recon_config",

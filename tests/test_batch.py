@@ -54,10 +54,55 @@ def test_batch_runs_every_job_and_reports_failures(batch_input, tmp_path, capsys
     assert set(rows) == {"my ball", "broken", "cat"}
     assert " ok " in rows["my ball"] and rows["my ball"].endswith(str(out / "my_ball.ply"))
     assert "failed" in rows["broken"] and "image not found" in rows["broken"] and "Fix:" in rows["broken"]
-    assert "failed" in rows["cat"] and "not available in this version" in rows["cat"]
+    # the image is a generate job with the default model, whose weights are not in the (empty) cache
+    assert "failed" in rows["cat"] and "Zero123++ v1.2 weights" in rows["cat"] and "not in the local model cache" in rows["cat"]
     assert lines[-1] == "1 of 3 jobs succeeded, 2 failed"
     assert sorted(p.name for p in out.iterdir()) == ["my_ball.ply"]  # nothing half-written for the failures
     assert read_splat_ply(out / "my_ball.ply").num > 10
+
+
+def test_job_options_per_kind():
+    from viewforge.engine.batch import job_options
+
+    cfg = BatchConfig(quality="draft", device="cpu", seed=2, resolution=64, iterations=100, views=5, model="/m",
+                      generate={"steps": 2, "faces": 900})  # fmt: skip
+    assert job_options(cfg, "reconstruct") == {"quality": "draft", "device": "cpu", "seed": 2, "resolution": 64,
+                                               "iterations": 100, "views": 5}  # fmt: skip
+    assert job_options(cfg, "generate") == {"quality": "draft", "device": "cpu", "seed": 2, "fit_iterations": 100,
+                                            "warm_iterations": 30, "model": "/m", "allow_download": False, "steps": 2,
+                                            "faces": 900}  # fmt: skip
+    assert job_options(BatchConfig(), "generate") == {"quality": "standard", "device": "auto", "seed": 0, "allow_download": False}
+
+
+def test_batch_generates_from_images(tmp_path):
+    """Images become generate jobs (each in a worker process) with the model of the batch: a tiny
+    Zero123++ saved to a temp folder; the mesh stands on z = 0."""
+    from viewforge.engine.images import save_png
+    from viewforge.engine.io.mesh import read_mesh
+    from viewforge.engine.mvgen.zero123pp import save_tiny
+
+    import numpy as np
+
+    model = save_tiny(tmp_path / "tiny", seed=0)
+    src = tmp_path / "in"
+    src.mkdir()
+    img = np.ones((100, 100, 3), np.float32)
+    img[25:75, 30:70] = [0.9, 0.6, 0.1]
+    save_png(src / "Block one.png", img)
+    cfg = BatchConfig(quality="draft", device="cpu", iterations=60, model=str(model),
+                      generate={"faces": 1500, "texture_size": 128, "size": 1.5,
+                                "mesh": {"grid": 48, "fuse_views": 12, "fuse_size": 64, "bake_render_views": 4}})  # fmt: skip
+    events = []
+    rows = run_batch(src, tmp_path / "out", cfg, progress=events.append)
+    assert [(r.name, r.kind, r.status) for r in rows] == [("Block one", "generate", "ok")], rows[0].detail
+    out = tmp_path / "out" / "Block_one.glb"
+    assert rows[0].output == str(out) and sorted(p.name for p in out.parent.iterdir()) == ["Block_one.glb"]
+    assert rows[0].metrics["generator_evals"] == 8 and "8 generator evaluations" in rows[0].detail
+    lo, hi = read_mesh(out).bounds()
+    assert abs(float((hi - lo).max()) - 1.5) < 1e-3 and abs(float(lo[2])) < 1e-4
+    assert any(e.stage.startswith("[1/1] Block one: sample") for e in events)
+    with pytest.raises(InputError, match="unknown generate option"):
+        run_batch(src, tmp_path / "out2", BatchConfig(generate={"views": 3}))
 
 
 def test_batch_bad_arguments(batch_input, tmp_path, capsys):

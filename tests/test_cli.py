@@ -66,7 +66,9 @@ def test_each_command_has_help(command, capsys):
         cli.main([command, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert f"usage: viewforge {command}" in out and "--views" in out
+    assert f"usage: viewforge {command}" in out
+    if command != "generate":  # generate's views are the generator's fixed rig
+        assert "--views" in out
     # every command writes an output (-o) except eval, which writes its --metrics
     assert ("--metrics" if command == "eval" else "-o") in out
 
@@ -109,6 +111,10 @@ def test_no_command_prints_usage_and_exits_2(capsys):
         (["render-views", "m.glb", "-o", "x", "--views", "0"], "--views: must be at least 1"),
         (["render-views", "m.glb"], "required: -o/--output"),
         (["demo"], "required: -o/--output"),
+        (["generate", "cat.png"], "required: -o/--output"),
+        (["generate", "cat.png", "-o", "c.glb", "--steps", "0"], "--steps: must be at least 1"),
+        (["generate", "cat.png", "-o", "c.glb", "--size", "-1"], "--size: must be a positive length"),
+        (["generate", "cat.png", "-o", "c.glb", "--method", "magic"], "--method: invalid choice"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -369,3 +375,119 @@ def test_demo_texture_has_detail_everywhere():
     # every 64 px tile has edges (checker, rings, stripes): reconstruction has texture to match
     tiles = g[:, :504].reshape(8, 64, 8, 63)
     assert np.all((tiles > 30).sum(axis=(1, 3)) > 20)
+
+
+# ---------------------------------------------------------------------------------------------
+# generate (a tiny randomly initialised Zero123++ saved to a temp folder; no weights needed)
+# ---------------------------------------------------------------------------------------------
+
+#: Small settings: the run takes ~20 s on a 2-core CPU.
+GENERATE_FAST = ["--device", "cpu", "--iterations", "60", "--grid", "48", "--faces", "1500", "--texture-size", "128"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from viewforge.engine.mvgen.zero123pp import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny_zero123pp"), seed=0)
+
+
+@pytest.fixture
+def disc_png(tmp_path):
+    from viewforge.engine.images import save_png
+
+    img = np.ones((160, 160, 3), np.float32)
+    yy, xx = np.mgrid[:160, :160]
+    img[(xx - 80) ** 2 + (yy - 80) ** 2 < 50**2] = [0.8, 0.3, 0.1]
+    return save_png(tmp_path / "disc.png", img)
+
+
+def test_generate_tiny_model_end_to_end(tiny_model, disc_png, tmp_path, capsys):
+    import re
+
+    import trimesh
+
+    from viewforge.engine.io.mesh import read_mesh
+
+    out, metrics = tmp_path / "disc.glb", tmp_path / "m.json"
+    code = cli.main(["generate", str(disc_png), "-o", str(out), "--model", str(tiny_model), "--size", "2",
+                     "--seed", "3", "--metrics", str(metrics), "--no-rvc", *GENERATE_FAST])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    line = captured.out.strip()
+    match = re.fullmatch(rf"viewforge generate: wrote {re.escape(str(out))} \((\d+) faces, (\d+) generator evaluations, (\d+) s\)", line)
+    assert match, line
+    m = json.loads(metrics.read_text())
+    assert int(match.group(1)) == m["num_faces"] and 100 < m["num_faces"] <= 1500
+    assert int(match.group(2)) == m["generator_evals"] == 8  # 4 guided steps
+    assert m["generator"] == "zero123pp-v1.2" and m["steps"] == 4 and m["method"] == "aware"
+    mesh = read_mesh(out)  # back in Blender's frame (Z up)
+    lo, hi = mesh.bounds()
+    assert abs(float((hi - lo).max()) - 2.0) < 1e-3 and abs(float(lo[2])) < 1e-4  # --size 2, standing on z = 0
+    assert np.allclose((lo[:2] + hi[:2]) / 2, 0, atol=1e-3)
+    geom = next(iter(trimesh.load(out).geometry.values()))
+    assert geom.visual.material.baseColorTexture.size == (128, 128)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disc.glb", "disc.png", "m.json"]
+
+
+def test_generate_bad_inputs_exit_2_and_write_nothing(tiny_model, disc_png, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not an image")
+    model = ["--model", str(tiny_model)]
+    cases = [
+        (["generate", str(tmp_path / "notes.txt"), "-o", str(tmp_path / "a.glb"), *model], "notes.txt"),
+        (["generate", str(tmp_path / "missing.png"), "-o", str(tmp_path / "a.glb"), *model], "missing.png"),
+        (["generate", str(disc_png), "-o", str(tmp_path / "a.obj"), *model], "not an output format"),
+        (["generate", str(disc_png), "-o", str(tmp_path / "nowhere" / "a.glb"), *model], "nowhere"),
+        (["generate", str(disc_png), "-o", str(tmp_path / "a.glb"), "--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["generate", str(disc_png), "-o", str(tmp_path / "a.glb"), "--model", str(tmp_path)], "has no viewforge_generator.json"),
+    ]
+    for args, words in cases:
+        t = time.perf_counter()
+        assert cli.main(args) == 2, args
+        line = one_line_error(capsys.readouterr().err)
+        assert words in line, (args, line)
+        assert time.perf_counter() - t < 10, args  # checked before any model is loaded
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disc.png", "notes.txt"]
+
+
+def test_generate_missing_weights_offline(disc_png, tmp_path, monkeypatch, capsys):
+    """The registry id with an empty model cache and no download allowed: one line that names the
+    model and its download size and says how to allow the download; exit 2; nothing written."""
+    import huggingface_hub.constants as hub
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "disc.glb"
+    assert cli.main(["generate", str(disc_png), "-o", str(out), "--device", "cpu"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "Zero123++ v1.2 weights" in line and "sudo-ai/zero123plus-v1.2" in line and "3.9 GB" in line, line
+    assert "--allow-download" in line and "not in the local model cache" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disc.png"]
+
+
+@pytest.mark.blender
+def test_generate_to_blend(bpy_module, disc_png, tmp_path, monkeypatch, capsys):
+    """``-o OUT.blend``: the generated mesh (a stand-in here) becomes the only object of a .blend."""
+    import viewforge.engine.generate as gen
+    from viewforge.engine.io.mesh import write_mesh
+
+    seen = {}
+
+    def fake_generate(image, output, config, metrics_path=None, progress=None, cancel=None):
+        seen.update(output=Path(output), config=config)
+        mesh = demo_mesh(DemoConfig(segments=12, rings=8, texture_size=32))
+        write_mesh(mesh, output)
+        return gen.GenerateResult(Path(output), mesh, [], {"num_faces": mesh.num_faces, "generator_evals": 8})
+
+    monkeypatch.setattr(gen, "generate", fake_generate)
+    out = tmp_path / "disc.blend"
+    assert cli.main(["generate", str(disc_png), "-o", str(out), "--steps", "2", "--seed", "5", "--faces", "900"]) == 0
+    assert f"wrote {out} (" in capsys.readouterr().out
+    assert seen["output"].suffix == ".glb" and seen["output"].parent != tmp_path  # a temporary .glb
+    cfg = seen["config"]
+    assert (cfg.steps, cfg.seed, cfg.faces, cfg.model, cfg.allow_download) == (2, 5, 900, "zero123pp-v1.2", False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disc.blend", "disc.png"]
+    bpy_module.ops.wm.open_mainfile(filepath=str(out))
+    objs = [o for o in bpy_module.data.objects if o.type == "MESH"]
+    assert len(objs) == 1 and len(objs[0].data.polygons) == demo_mesh(DemoConfig(segments=12, rings=8, texture_size=32)).num_faces

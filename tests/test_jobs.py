@@ -119,10 +119,69 @@ def test_spec_round_trip_and_unknown_kind():
     assert jobs.job_function("test_jobs:sleepy_job") is sleepy_job
 
 
-def test_generate_job_reports_unavailable():
-    with pytest.raises(DependencyError, match="not available in this version") as e:
-        jobs.run_job(jobs.JobSpec("generate", "/x/cat.png", "/x/cat.glb"))
-    assert "cat.png" in str(e.value) and "Fix:" in str(e.value)
+#: Generate options small enough for a ~10 s run with the tiny model on CPU.
+GENERATE_TINY = {"device": "cpu", "fit_iterations": 60, "warm_iterations": 18, "faces": 1500, "texture_size": 128,
+                 "mesh": {"grid": 48, "fuse_views": 12, "fuse_size": 64, "bake_render_views": 4}}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from viewforge.engine.mvgen.zero123pp import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny_zero123pp"), seed=0)
+
+
+def disc_png(path: Path) -> Path:
+    from viewforge.engine.images import save_png
+
+    img = np.ones((120, 120, 3), np.float32)
+    yy, xx = np.mgrid[:120, :120]
+    img[(xx - 60) ** 2 + (yy - 60) ** 2 < 38**2] = [0.2, 0.5, 0.8]
+    return save_png(path, img)
+
+
+def test_generate_presets_and_options():
+    from viewforge.engine.generate import GenerateConfig
+
+    draft, std, high = (jobs.generate_config(q) for q in ("draft", "standard", "high"))
+    assert set(jobs.GENERATE_PRESETS) == set(jobs.QUALITY_PRESETS)
+    default = GenerateConfig()
+    assert (std.fit_iterations, std.warm_iterations, std.faces, std.texture_size) == (
+        default.fit_iterations, default.warm_iterations, default.faces, default.texture_size)
+    for key in ("fit_iterations", "warm_iterations", "faces", "texture_size"):
+        assert getattr(draft, key) < getattr(std, key) < getattr(high, key), key
+    assert draft.mesh == jobs.GENERATE_PRESETS["draft"].mesh
+    cfg = jobs.generate_config("draft", model="/m", steps=2, method="im3d", seed=4, allow_download=True, faces=None,
+                               mesh={"grid": 32}, fit={"init_points": 500})  # fmt: skip
+    assert (cfg.model, cfg.steps, cfg.method, cfg.seed, cfg.allow_download, cfg.faces) == ("/m", 2, "im3d", 4, True, draft.faces)
+    assert cfg.mesh == {**jobs.GENERATE_PRESETS["draft"].mesh, "grid": 32} and cfg.fit == {"init_points": 500}
+    with pytest.raises(InputError, match="unknown quality 'ultra'"):
+        jobs.generate_config("ultra")
+    # unknown options are refused before any work (no image is read, nothing is loaded)
+    with pytest.raises(InputError, match="unknown generate option.*resolution, views") as e:
+        jobs.run_job(jobs.JobSpec("generate", "/x/cat.png", "/x/cat.glb", {"views": 3, "resolution": 64}))
+    assert "Fix:" in str(e.value)
+
+
+def test_worker_runs_a_generate_job_with_the_tiny_model(tiny_model, tmp_path):
+    from viewforge.engine.io.mesh import read_mesh
+
+    image = disc_png(tmp_path / "disc.png")
+    out = tmp_path / "disc.glb"
+    spec = jobs.JobSpec("generate", str(image), str(out),
+                        {"quality": "draft", "model": str(tiny_model), "seed": 1, "size": 0.5, **GENERATE_TINY})
+    job = jobs.JobProcess(spec)
+    stages = []
+    assert job.wait(timeout=180, on_progress=lambda j: stages.append(j.stage))
+    res = job.raise_for_error()
+    assert Path(res.output) == out and out.is_file()
+    m = res.metrics
+    assert m["generator_evals"] == 8 and m["generator"] == "zero123pp-v1.2" and 100 < m["num_faces"] <= 1500
+    assert res.summary.startswith(f"{m['num_faces']} faces, 8 generator evaluations")
+    assert {"sample", "bake"} <= set(stages)
+    lo, hi = read_mesh(out).bounds()
+    assert abs(float((hi - lo).max()) - 0.5) < 1e-3 and abs(float(lo[2])) < 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disc.glb", "disc.png"]
 
 
 def test_error_from_message_keeps_the_type():
