@@ -125,19 +125,14 @@ class VIEWFORGE_OT_reconstruct(_JobOperator, bpy.types.Operator):
 
 
 class VIEWFORGE_OT_generate(_JobOperator, bpy.types.Operator):
-    """Generate a textured mesh from one image (not available in this version of Viewforge)"""
+    """Generate a textured mesh from one image at the 3D cursor (runs in the background; Esc cancels)"""
 
     bl_idname = "viewforge.generate"
     bl_label = "Generate from Image"
-    bl_options = {"REGISTER"}
+    bl_options = {"REGISTER"}  # the import pushes its own undo step when the job ends
 
     @classmethod
     def poll(cls, context):
-        from ..engine.jobs import GENERATE_AVAILABLE, GENERATE_UNAVAILABLE
-
-        if not GENERATE_AVAILABLE:
-            cls.poll_message_set(f"{GENERATE_UNAVAILABLE[0].upper()}{GENERATE_UNAVAILABLE[1:]}")
-            return False
         return _deps_poll(cls, "generate")
 
     def start_job(self, context):
@@ -146,7 +141,14 @@ class VIEWFORGE_OT_generate(_JobOperator, bpy.types.Operator):
         s = context.scene.viewforge
         prefs = get_preferences(context)
         device = prefs.device if s.device == "DEFAULT" else s.device
-        return start_generate(context, s, device.lower(), timer=not bpy.app.background)
+        names = {"iterations": "fit_iterations", "faces": "faces", "texture_size": "texture_size"}
+        overrides = {key: int(getattr(s, name)) for name, key in names.items() if getattr(s, name) > 0}
+        if "fit_iterations" in overrides:
+            overrides["warm_iterations"] = max(1, overrides["fit_iterations"] * 3 // 10)
+        return start_generate(
+            context, s, device.lower(), model_cache=prefs.model_cache, offline=prefs.offline,
+            allow_download=bool(bpy.app.online_access), overrides=overrides, timer=not bpy.app.background,
+        )  # fmt: skip
 
 
 class VIEWFORGE_OT_cancel(bpy.types.Operator):

@@ -6,7 +6,7 @@ Properties only; the panel (:mod:`viewforge.panels.main`) draws them and the ope
 from __future__ import annotations
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
 #: The extension's package name (``bl_idname`` of its preferences): "viewforge" in a development
 #: checkout, "bl_ext.<repository>.viewforge" when installed as an extension.
@@ -39,6 +39,19 @@ class ViewforgeSettings(bpy.types.PropertyGroup):
     )
     image_path: StringProperty(name="Image File", subtype="FILE_PATH", default="")  # type: ignore[valid-type]
     image: PointerProperty(name="Image", type=bpy.types.Image)  # type: ignore[valid-type]
+    model: StringProperty(  # type: ignore[valid-type]
+        name="Model",
+        description="Multi-view generator: a registry id (zero123pp-v1.2) or a local model folder",
+        default="zero123pp-v1.2",
+        subtype="NONE",
+    )
+    steps: IntProperty(  # type: ignore[valid-type]
+        name="Sampling Steps", description="3D-aware sampling steps (2 generator evaluations each)", default=4, min=1, soft_max=12
+    )
+    size: FloatProperty(  # type: ignore[valid-type]
+        name="Size", description="Longest side of the generated object; it stands on the 3D cursor",
+        default=1.0, min=0.001, soft_max=10.0, subtype="DISTANCE", unit="LENGTH",
+    )  # fmt: skip
     # --- Reconstruct from cameras
     selected_only: BoolProperty(  # type: ignore[valid-type]
         name="Selected Cameras Only",

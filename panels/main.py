@@ -61,6 +61,36 @@ def _draw_missing(layout, kind: str) -> None:
         col.label(text="Install them in Preferences > Add-ons > Viewforge", icon="BLANK1")
 
 
+def draw_model_status(layout, settings, context) -> None:
+    """The generator's weights: in the cache (and their licence), or not yet: licence, download
+    size and whether a download is allowed (Blender's online access, the Offline preference).
+    Looks at the file system only."""
+    from ..bridge.generate import weights_status
+    from ..operators.settings import get_preferences
+
+    prefs = get_preferences(context)
+    st = weights_status(settings.model, prefs.model_cache)
+    col = layout.column(align=True)
+    if st.error:
+        col.label(text=st.error[0].upper() + st.error[1:], icon="ERROR")
+        return
+    info = st.info
+    if st.cached:
+        col.label(text=f"{info.name}: weights ready", icon="CHECKMARK")
+        col.label(text=f"Licence: {info.licence}", icon="BLANK1")
+        return
+    col.label(text=f"{info.name}: weights not downloaded yet", icon="IMPORT")
+    col.label(text=f"Licence: {info.licence}", icon="BLANK1")
+    if st.download_gb is not None:
+        col.label(text=f"Download: about {st.download_gb:.1f} GB", icon="BLANK1")
+    if prefs.offline:
+        col.label(text="Offline is set in the Viewforge preferences: no download", icon="ERROR")
+    elif not bpy.app.online_access:
+        col.label(text="Online access is off (Preferences > System > Network): no download", icon="ERROR")
+    else:
+        col.label(text="Online access is on: downloaded on the first run", icon="INFO")
+
+
 class VIEWFORGE_PT_main(bpy.types.Panel):
     bl_label = "Viewforge"
     bl_idname = "VIEWFORGE_PT_main"
@@ -80,6 +110,12 @@ class VIEWFORGE_PT_main(bpy.types.Panel):
             box.label(text="Image", icon="IMAGE_DATA")
             box.prop(settings, "image_source", expand=True)
             box.prop(settings, "image_path" if settings.image_source == "FILE" else "image")
+            box = layout.box()
+            box.label(text="Model", icon="OUTLINER_OB_LIGHTPROBE")
+            box.prop(settings, "model")
+            draw_model_status(box, settings, context)
+            box.prop(settings, "steps")
+            box.prop(settings, "size")
         else:
             box = layout.box()
             box.label(text="Cameras", icon="CAMERA_DATA")
@@ -106,13 +142,7 @@ class VIEWFORGE_PT_main(bpy.types.Panel):
             row = layout.row()
             row.scale_y = 1.5
             row.operator(op_cls.bl_idname, icon="PLAY")
-            if settings.mode == "GENERATE":
-                from ..engine.jobs import GENERATE_AVAILABLE
-
-                if not GENERATE_AVAILABLE:
-                    layout.label(text="Not available in this version", icon="INFO")
-            else:
-                _draw_missing(layout, "reconstruct")
+            _draw_missing(layout, "generate" if settings.mode == "GENERATE" else "reconstruct")
 
 
 class VIEWFORGE_PT_advanced(bpy.types.Panel):
@@ -128,7 +158,10 @@ class VIEWFORGE_PT_advanced(bpy.types.Panel):
         settings = getattr(context.scene, "viewforge", None)
         if settings is None:
             return
-        for name in ("resolution", "iterations", "faces", "texture_size"):
+        names = ("resolution", "iterations", "faces", "texture_size")
+        if settings.mode == "GENERATE":  # the views are the generator's: no fit resolution
+            names = names[1:]
+        for name in names:
             self.layout.prop(settings, name)
 
 

@@ -1,5 +1,6 @@
 """The job operators in Blender (bpy): reconstruct end to end, cancel and a killed worker leave the
-scene untouched, every bad input is one clear report, generate reports that it is unavailable.
+scene untouched, every bad input is one clear report; generate from one image (a tiny Zero123++)
+lands at the 3D cursor, and missing weights are one clear report.
 
 Scenes are tiny (a few cameras, 48 px Cycles renders, a few dozen optimisation steps) so each test
 takes seconds.
@@ -259,12 +260,106 @@ def test_generate_input_image_from_file_or_blender(registered, tmp_path):
     assert alpha is not None and np.abs(alpha - ref_alpha).max() < 1 / 255 + 1e-6
 
 
-def test_generate_is_reported_unavailable(registered):
+def _disc_png(path: Path) -> Path:
+    from viewforge.engine.images import save_png
+
+    img = np.ones((120, 120, 3), np.float32)
+    yy, xx = np.mgrid[:120, :120]
+    img[(xx - 60) ** 2 + (yy - 60) ** 2 < 40**2] = [0.8, 0.3, 0.1]
+    return save_png(path, img)
+
+
+def _generate_settings(bpy, tmp_path: Path, model: str):
+    s = bpy.context.scene.viewforge
+    s.mode, s.image_source, s.image_path, s.model = "GENERATE", "FILE", str(_disc_png(tmp_path / "disc.png")), model
+    s.quality, s.device = "DRAFT", "CPU"
+    s.iterations, s.faces, s.texture_size, s.size = 60, 1500, 128, 1.5
+    s.output_folder, s.output_name = str(tmp_path / "out"), "gen"
+    return s
+
+
+def test_generate_operator_imports_at_the_3d_cursor(registered, tmp_path):
+    """A tiny Zero123++ saved to a folder, the settings point at it: the operator (background mode)
+    adds one textured mesh whose bounding box stands on the 3D cursor; one undo removes it."""
+    from viewforge.engine.mvgen.zero123pp import save_tiny
+
     bpy = registered
-    assert not bpy.ops.viewforge.generate.poll()
-    with pytest.raises(RuntimeError, match="not available in this version"):
+    model = save_tiny(tmp_path / "tiny", seed=0)
+    _generate_settings(bpy, tmp_path, str(model))
+    bpy.context.scene.cursor.location = (2.0, -1.0, 0.5)
+    assert bpy.ops.viewforge.generate.poll()
+    before = {o.name for o in bpy.data.objects}
+    bpy.ops.ed.undo_push(message="scene ready")
+    state = scene_state(bpy)
+    assert bpy.ops.viewforge.generate() == {"FINISHED"}
+    new = [o for o in bpy.data.objects if o.name not in before]
+    assert len(new) == 1 and new[0].type == "MESH" and new[0].name == "gen"
+    obj = new[0]
+    assert 100 < len(obj.data.polygons) <= 1500 and obj.data.uv_layers
+    lo, hi = bbox(world_vertices(obj))
+    assert abs(float(lo[2]) - 0.5) < 1e-3  # standing on the cursor
+    assert np.allclose((lo[:2] + hi[:2]) / 2, (2.0, -1.0), atol=1e-3)  # centred on it
+    assert abs(float((hi - lo).max()) - 1.5) < 1e-3  # Size
+    mat = obj.data.materials[0]
+    bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    link = bsdf.inputs["Base Color"].links[0]
+    assert link.from_node.type == "TEX_IMAGE" and tuple(link.from_node.image.size) == (128, 128)
+    assert (tmp_path / "out" / "gen.glb").is_file()
+    from viewforge.bridge import jobs
+
+    assert jobs.LAST.state == "done" and "8 generator evaluations" in jobs.LAST.message
+    assert scene_state(bpy) != state
+    bpy.ops.ed.undo()
+    assert scene_state(bpy) == state
+
+
+def test_generate_missing_weights_is_one_clear_error(registered, tmp_path, monkeypatch):
+    """The registry id with an empty model cache and online access off: refused with the model's
+    name, download size and how to allow the download; the scene and the output folder unchanged."""
+    from viewforge.bridge import jobs
+    from viewforge.bridge.generate import weights_status
+
+    bpy = registered
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    _generate_settings(bpy, tmp_path, "zero123pp-v1.2")
+    st = weights_status("zero123pp-v1.2")
+    assert not st.cached and st.info.licence.startswith("CC-BY-NC") and st.download_gb > 1
+    assert str(st.folder).startswith(str(tmp_path / "empty-cache"))
+    assert bpy.app.online_access is False  # the bpy module: no download may happen
+    before = scene_state(bpy)
+    with pytest.raises(RuntimeError, match="Zero123\\+\\+ v1.2 weights .* GB download.* not in the local model cache") as info:
         bpy.ops.viewforge.generate()
-    assert not bpy.ops.viewforge.cancel.poll()
+    text = str(info.value)
+    assert "Fix:" in text and "Allow Online Access" in text and "\n" not in text.strip(), text
+    assert scene_state(bpy) == before and jobs.ACTIVE is None
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    # an unknown model is refused the same way
+    bpy.context.scene.viewforge.model = "no-such-model"
+    with pytest.raises(RuntimeError, match="unknown model 'no-such-model'"):
+        bpy.ops.viewforge.generate()
+    assert scene_state(bpy) == before
+
+
+def test_weights_status_reads_the_cache_only(registered, tmp_path, monkeypatch):
+    """A complete snapshot of the pinned revision in the cache counts as downloaded; a local
+    model folder is ready as it is; nothing touches the network."""
+    from viewforge.bridge.generate import hub_cache_dir, weights_status
+    from viewforge.engine.mvgen.zero123pp import INFO, SPEC
+
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    assert hub_cache_dir(str(tmp_path / "models")) == tmp_path / "models" / "hub"
+    snap = tmp_path / "models" / "hub" / "models--sudo-ai--zero123plus-v1.2" / "snapshots" / INFO.revision
+    for f in SPEC.files():
+        (snap / f).parent.mkdir(parents=True, exist_ok=True)
+    for f in SPEC.files()[:-1]:
+        (snap / f).write_text("{}")
+    assert not weights_status(INFO.id, str(tmp_path / "models")).cached  # one file missing
+    (snap / SPEC.files()[-1]).write_text("{}")
+    st = weights_status(INFO.id, str(tmp_path / "models"))
+    assert st.cached and st.folder == snap and st.error == ""
+    assert weights_status("nope").error.startswith("unknown model 'nope'")
+    assert weights_status(str(tmp_path)).error.endswith("has no viewforge_generator.json")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -169,7 +169,13 @@ def test_panels_draw_the_operators_and_settings(blender):
     assert {e[1] for e in adv_log if e[0] == "prop"} == {"resolution", "iterations", "faces", "texture_size"}
     assert [e[1] for e in gen_log if e[0] == "operator"] == ["viewforge.generate"]
     assert {"image_source", "image_path"} <= {e[1] for e in gen_log if e[0] == "prop"}
-    assert ("label", "Not available in this version") in gen_log
+    assert {"model", "steps", "size"} <= {e[1] for e in gen_log if e[0] == "prop"}
+    # the default model's weights are not in the (empty) test cache: licence, size, no online access
+    labels = [e[1] for e in gen_log if e[0] == "label"]
+    assert "Zero123++ v1.2: weights not downloaded yet" in labels
+    assert "Licence: CC-BY-NC-4.0 (non-commercial)" in labels and "Download: about 3.9 GB" in labels
+    assert "Online access is off (Preferences > System > Network): no download" in labels
+    assert not any("not available" in (t or "").lower() for t in labels)
 
 
 @pytest.mark.blender
