@@ -1,14 +1,17 @@
 """PerturbedOracle: a multi-view "generator" that needs no weights, for testing samplers.
 
 Its clean-view prediction is built from the ground-truth views of a real object (renders of a
-mesh at the rig's cameras) in two parts:
+mesh at the rig's cameras) in three parts:
 
 1. **What the generator believes**, ``mu_v``: the true view ``v`` with view-inconsistent
-   distortions drawn afresh at every call (a stochastic generator): a smooth random warp, a
-   per-channel colour gain and offset, and a blur. Their amplitude scales with ``s_t``, the noise
-   std of the sample it is given: the noisier the input, the more the generator must invent, and
-   what it invents is where views disagree.
-2. **What the sample tells it**: the prediction is the posterior mean of the view under a
+   distortions: a smooth random warp, a per-channel colour gain and offset, and a blur, drawn
+   once per view (``persistent``; or afresh at every call). Their amplitude scales with ``s_t``,
+   the noise std of the sample it is given: the noisier the input, the more the generator must
+   invent, and what it invents is where views disagree.
+2. **Where its input says the object is** (``register``): the belief is warped by the optical
+   flow from its coarse band to the input's coarse band, scaled by ``g_low`` below: a denoiser
+   draws its detail where the noisy input's structure is.
+3. **What the sample tells it**: the prediction is the posterior mean of the view under a
    Gaussian prior centred on ``mu_v``, given ``x_t = a_t x0 + s_t eps``, computed in two bands.
    With ``y = x_t / a_t`` (noise std ``s_t / a_t`` per pixel), a Gaussian low-pass ``G`` of
    std ``band_sigma`` pixels reduces that noise by ``c = 1 / (2 sqrt(pi) band_sigma)``, and
@@ -58,7 +61,15 @@ class OracleConfig:
     band_sigma: std in pixels of the low-pass that splits coarse from fine structure (at 256 px).
     tau_low, tau_high: how far (in [-1, 1] units) the truth may lie from the generator's belief
         in the coarse and the fine band (the prior's std in the posterior mean).
-    seed: seed of the distortion draws (each call draws new ones from it and a call counter).
+    persistent: True (default): each view's distortion is drawn once and scaled by ``s_t`` at
+        every call (a deterministic generator whose views disagree in a fixed way, more where it
+        must invent more); False: drawn afresh at every call (an ancestral sampler's changing
+        hallucinations).
+    register: the generator draws its sharp belief where its input's coarse structure says the
+        object is: the belief is warped by the optical flow from its low band to the input's,
+        scaled by the coarse band's gain (True, default; a denoiser puts detail where the noisy
+        input's structure is, it does not paste a fixed image).
+    seed: seed of the distortion draws.
     """
 
     warp_px: float = 6.0
@@ -67,6 +78,8 @@ class OracleConfig:
     band_sigma: float = 4.0
     tau_low: float = 0.2
     tau_high: float = 0.1
+    persistent: bool = True
+    register: bool = True
     seed: int = 0
 
 
@@ -132,7 +145,7 @@ class PerturbedOracle:
 
         self.evaluations += 1
         a, s = self.schedule.alpha_sigma(t)
-        rng = np.random.default_rng([self.config.seed, self.evaluations])
+        draw = 0 if self.config.persistent else self.evaluations
         cfg = self.config
         h, w = self._shape[2:]
         k = w / 256.0
@@ -143,8 +156,12 @@ class PerturbedOracle:
         g_high = cfg.tau_high**2 / (cfg.tau_high**2 + (s / a) ** 2)
         out = np.empty_like(y)
         for v in range(self._shape[0]):
+            rng = np.random.default_rng([cfg.seed, draw, v])
             mu = 2.0 * _white(distort(self._views[v], s, cfg, rng, k)) - 1.0  # (H, W, 4)
-            d = np.transpose(y[v], (1, 2, 0)) - mu
+            yv = np.ascontiguousarray(np.transpose(y[v], (1, 2, 0)))
+            if cfg.register and g_low > 0.05:
+                mu = _register(mu, yv, band, g_low)
+            d = yv - mu
             low = _blur(d, band)
             out[v] = np.transpose(mu + g_low * low + g_high * (d - low), (2, 0, 1))
         return torch.from_numpy(np.clip(out, -1.0, 1.0))
@@ -179,6 +196,25 @@ def render_rgba(mesh: "Mesh", camera: Camera) -> np.ndarray:
 
     rgb, alpha = render_textured(mesh, camera)
     return np.concatenate([rgb, alpha[..., None]], axis=2).astype(np.float32)
+
+
+def _gray8(img: np.ndarray) -> np.ndarray:
+    """(H, W, 4) [-1, 1] RGB-on-white + alpha -> (H, W) uint8 luminance (silhouette included)."""
+    lum = (img[..., 0] * 0.299 + img[..., 1] * 0.587 + img[..., 2] * 0.114 + 1.0) * 127.5
+    return np.clip(lum, 0, 255).astype(np.uint8)
+
+
+def _register(mu: np.ndarray, y: np.ndarray, band: float, gain: float) -> np.ndarray:
+    """Warp the belief ``mu`` towards the coarse structure of the (noisy) input ``y`` by the
+    optical flow between their low bands, scaled by ``gain``."""
+    import cv2
+
+    lo_mu, lo_y = _gray8(_blur(mu, band)), _gray8(_blur(y, band))
+    flow = cv2.calcOpticalFlowFarneback(lo_y, lo_mu, None, 0.5, 3, max(int(4 * band) | 1, 5), 3, 5, 1.1, 0)
+    h, w = mu.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(mu.astype(np.float32), gx + gain * flow[..., 0], gy + gain * flow[..., 1], cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
