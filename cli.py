@@ -398,8 +398,11 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
 
 
 def _run_generate(args: argparse.Namespace, progress: ProgressBar) -> int:
+    import os
     import time
 
+    if not progress.enabled:  # pipes and logs: no third-party bars (model loading) either
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from .engine.generate import GenerateConfig, generate
     from .engine.mvgen.base import resolve
 

@@ -106,7 +106,9 @@ class ViewforgeSettings(bpy.types.PropertyGroup):
         default="",
     )
     output_name: StringProperty(  # type: ignore[valid-type]
-        name="Name", description="Name of the new object and its file (empty: <scene>_reconstruction)", default=""
+        name="Name",
+        description="Name of the new object and its file (empty: <scene>_reconstruction, or the image's name when generating)",
+        default="",
     )
     keep_output: BoolProperty(  # type: ignore[valid-type]
         name="Keep Output File",

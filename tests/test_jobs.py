@@ -178,7 +178,8 @@ def test_worker_runs_a_generate_job_with_the_tiny_model(tiny_model, tmp_path):
     m = res.metrics
     assert m["generator_evals"] == 8 and m["generator"] == "zero123pp-v1.2" and 100 < m["num_faces"] <= 1500
     assert res.summary.startswith(f"{m['num_faces']} faces, 8 generator evaluations")
-    assert {"sample", "bake"} <= set(stages)
+    # progress comes through (the poll sees the latest stage only, so which ones depends on timing)
+    assert len(set(stages) - {"start"}) >= 3, stages
     lo, hi = read_mesh(out).bounds()
     assert abs(float((hi - lo).max()) - 0.5) < 1e-3 and abs(float(lo[2])) < 1e-4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disc.glb", "disc.png"]
