@@ -54,3 +54,25 @@ def blender(bpy_module):
 @pytest.fixture
 def python_exe() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny randomly initialised Zero123++ checkpoint saved like the real one (loads through the
+    real loading code as ``model=str(path)``)."""
+    from viewforge.engine.mvgen.zero123pp import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny_zero123pp"), seed=0)
+
+
+@pytest.fixture
+def disc_png(tmp_path):
+    """An orange disc on white, 160 px: an input image for generate."""
+    import numpy as np
+
+    from viewforge.engine.images import save_png
+
+    img = np.ones((160, 160, 3), np.float32)
+    yy, xx = np.mgrid[:160, :160]
+    img[(xx - 80) ** 2 + (yy - 80) ** 2 < 50**2] = [0.8, 0.3, 0.1]
+    return save_png(tmp_path / "disc.png", img)

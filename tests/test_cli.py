@@ -385,23 +385,6 @@ def test_demo_texture_has_detail_everywhere():
 GENERATE_FAST = ["--device", "cpu", "--iterations", "60", "--grid", "48", "--faces", "1500", "--texture-size", "128"]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from viewforge.engine.mvgen.zero123pp import save_tiny
-
-    return save_tiny(tmp_path_factory.mktemp("tiny_zero123pp"), seed=0)
-
-
-@pytest.fixture
-def disc_png(tmp_path):
-    from viewforge.engine.images import save_png
-
-    img = np.ones((160, 160, 3), np.float32)
-    yy, xx = np.mgrid[:160, :160]
-    img[(xx - 80) ** 2 + (yy - 80) ** 2 < 50**2] = [0.8, 0.3, 0.1]
-    return save_png(tmp_path / "disc.png", img)
-
-
 def test_generate_tiny_model_end_to_end(tiny_model, disc_png, tmp_path, capsys):
     import re
 

@@ -14,23 +14,6 @@ FAST = dict(device="cpu", fit_iterations=60, warm_iterations=20, faces=1500, tex
             fit={"init_points": 1500, "refine_start": 30, "refine_every": 15})
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from viewforge.engine.mvgen.zero123pp import save_tiny
-
-    return save_tiny(tmp_path_factory.mktemp("tiny_zero123pp"), seed=0)
-
-
-@pytest.fixture
-def disc_png(tmp_path):
-    from viewforge.engine.images import save_png
-
-    img = np.ones((160, 160, 3), np.float32)
-    yy, xx = np.mgrid[:160, :160]
-    img[(xx - 80) ** 2 + (yy - 80) ** 2 < 50**2] = [0.8, 0.3, 0.1]
-    return save_png(tmp_path / "disc.png", img)
-
-
 def test_generate_tiny_model_to_textured_glb(tiny_model, disc_png, tmp_path):
     import trimesh
 

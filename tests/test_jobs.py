@@ -124,13 +124,6 @@ GENERATE_TINY = {"device": "cpu", "fit_iterations": 60, "warm_iterations": 18, "
                  "mesh": {"grid": 48, "fuse_views": 12, "fuse_size": 64, "bake_render_views": 4}}
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from viewforge.engine.mvgen.zero123pp import save_tiny
-
-    return save_tiny(tmp_path_factory.mktemp("tiny_zero123pp"), seed=0)
-
-
 def disc_png(path: Path) -> Path:
     from viewforge.engine.images import save_png
 
