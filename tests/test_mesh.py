@@ -236,6 +236,43 @@ def _sphere_splats(n: int = 4000, seed: int = 0) -> Splats:
     )
 
 
+def test_ray_depth_follows_a_tilted_flat_gaussian_where_the_centre_depth_is_flat():
+    from viewforge.engine.mesh.depth import ray_median_depth
+    from viewforge.engine.mesh.pipeline import median_depth
+
+    # one opaque disc (1 x 1 x 0.002) at z = 4 in front of the camera, its normal tilted 40 deg about y
+    tilt = math.radians(40.0)
+    q = torch.tensor([[math.cos(tilt / 2), 0.0, math.sin(tilt / 2), 0.0]])
+    disc = Splats(means=torch.tensor([[0.0, 0.0, 4.0]]), scales=torch.log(torch.tensor([[0.5, 0.5, 0.002]])),
+                  quats=q, opacities=torch.full((1,), 8.0), sh0=torch.zeros(1, 1, 3), shN=torch.zeros(1, 0, 3))
+    cam = Camera(64.0, 64.0, 32.0, 32.0, 64, 64, np.eye(4))
+    ray, alpha = ray_median_depth(disc, cam, front_sigmas=0.0)
+    centre, _ = median_depth(disc, cam)
+    row = 32
+    cols = [c for c in range(64) if alpha[row, c] > 0.5 and np.isfinite(ray[row, c])]
+    assert len(cols) > 10
+    # the disc's plane: z = 4 + tan(tilt) * x, with x = (u - cx) / fx * z along the ray
+    u = np.array(cols) + 0.5
+    a = (u - 32.0) / 64.0
+    plane = 4.0 / (1.0 + math.tan(tilt) * a)
+    assert np.max(np.abs(ray[row, cols] - plane)) < 0.01
+    assert np.ptp(ray[row, cols]) > 0.3 and np.ptp(centre[row, cols]) < 1e-6
+    # front sigmas move it towards the camera by that many standard deviations along the ray
+    front, _ = ray_median_depth(disc, cam, front_sigmas=2.0)
+    assert np.all(front[row, cols] < ray[row, cols]) and np.all(ray[row, cols] - front[row, cols] < 0.02)
+
+
+def test_silhouette_offset_recovers_an_inflation_of_the_surface():
+    from viewforge.engine.mesh.silhouette import coverage, silhouette_offset
+
+    sphere = _sphere(4)
+    cams = _cams(8, 96)
+    masks = [coverage(sphere.vertices, sphere.faces, c, 4) for c in cams]
+    fat = sphere.vertices * 1.03  # 0.03 too far out along the normals
+    d = silhouette_offset(fat, sphere.faces, cams, masks, step=0.01, span=6)
+    assert d == pytest.approx(-0.03, abs=0.004)
+
+
 SMALL = MeshConfig(faces=3000, texture_size=256, grid=64, fuse_views=16, fuse_size=96, bake_render_views=6,
                    device="cpu")
 

@@ -44,10 +44,16 @@ class MeshConfig:
     alpha_threshold: rendered alpha above which a pixel is solid, below which its ray is carved
         (default 0.2: the Gaussians' soft silhouette edge; 0.5 shrinks the mesh, docs/mesh.md).
     truncation_voxels: TSDF truncation in voxels (default 3).
+    depth_mode: "ray" (default): each Gaussian's depth at a pixel is where the pixel's ray meets
+        it, ``ray_sigmas`` of its standard deviations along the ray in front of its peak
+        (engine/mesh/depth.py); "centre": its centre's depth, ``depth_sigmas`` in front.
+    ray_sigmas: see depth_mode (default 2.5: unbiased on Duck and Avocado, docs/mesh.md).
     depth_sigmas: each Gaussian's depth is taken this many standard deviations (along the view
-        ray) in front of its centre for the median depth (default 2: the centres lie inside the
-        surface; 1.5 is unbiased in depth on the demo object, 2 matches its silhouettes and
-        held-out renders best; docs/mesh.md has the measurements).
+        ray) in front of its centre for the median depth in "centre" mode (default 2: the
+        centres lie inside the surface; 1.5 is unbiased in depth on the demo object, 2 matches
+        its silhouettes and held-out renders best; docs/mesh.md has the measurements).
+    calibrate_silhouette: move the surface along its normals by the one offset (within 1.5
+        voxels) that best matches the photos' masks (default True; photos with masks only).
     min_component: components with less than this fraction of the largest's area are dropped.
     smooth_iterations: Taubin smoothing passes after marching cubes (default 5).
     bake_render_views: splat renders used for texels no photo sees (default 24; 0 = none).
@@ -68,7 +74,10 @@ class MeshConfig:
     fuse_size: int = 256
     alpha_threshold: float = 0.2
     truncation_voxels: float = 3.0
+    depth_mode: str = "ray"
+    ray_sigmas: float = 2.5
     depth_sigmas: float = 2.0
+    calibrate_silhouette: bool = True
     min_component: float = 0.05
     smooth_iterations: int = 5
     bake_render_views: int = 24
@@ -102,6 +111,7 @@ def splats_to_mesh(
     posed images the texture is baked from where they see the surface (None: renders only)."""
     from ..splat.fit import render_splats
     from .cleanup import cap_face_budget, fill_small_holes, keep_main_components, signed_volume, simplify, smooth
+    from .depth import ray_median_depth
     from .extract import fuse_tsdf, marching_cubes, splat_bounds, virtual_cameras
     from .texture import BakeView, bake_texture, refine_texture, unwrap
 
@@ -115,6 +125,8 @@ def splats_to_mesh(
         log.warning("mesh grid %s capped to %d (allowed: 32 to 512)", config.grid, grid)
     if splats.num == 0:
         raise MeshError("the reconstruction has no Gaussians", "check that the photos show the object")
+    if config.depth_mode not in ("ray", "centre"):
+        raise MeshError(f"unknown depth_mode {config.depth_mode!r}", "use 'ray' or 'centre'")
     seconds: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -123,7 +135,10 @@ def splats_to_mesh(
     views = []
     for k, cam in enumerate(cams):
         check(cancel)
-        views.append((cam, *median_depth(splats, cam, config.depth_sigmas)))
+        if config.depth_mode == "ray":
+            views.append((cam, *ray_median_depth(splats, cam, config.ray_sigmas)))
+        else:
+            views.append((cam, *median_depth(splats, cam, config.depth_sigmas)))
         report(progress, "render_depth", k + 1, len(cams), f"view {k + 1}/{len(cams)}")
     seconds["render_depth"] = time.perf_counter() - t
 
@@ -152,6 +167,17 @@ def splats_to_mesh(
     report(progress, "surface", 4, 4, f"{len(f)} faces")
     seconds["surface"] = time.perf_counter() - t
     check(cancel)
+
+    if config.calibrate_silhouette and photos is not None and photos.masks is not None:
+        from .silhouette import silhouette_offset, vertex_normals as unit_normals
+
+        t = time.perf_counter()
+        pairs = [(c, m) for c, m in zip(photos.cameras, photos.masks) if m is not None]
+        reduced = _reduced([BakeView(c, np.zeros((c.height, c.width, 3), np.float32), m) for c, m in pairs], 256)
+        offset = silhouette_offset(v, f, [r.camera for r in reduced], [r.mask for r in reduced],
+                                   step=0.25 * volume.voxel, cancel=cancel)
+        v = v + offset * unit_normals(v, f)
+        seconds["silhouette"] = time.perf_counter() - t
 
     t = time.perf_counter()
     report(progress, "unwrap", 0, 1, "xatlas")
