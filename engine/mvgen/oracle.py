@@ -46,7 +46,7 @@ from .base import ConditionImage, GeneratorInfo, NoiseSchedule
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ..io.types import Mesh
+    from ..io.types import Mesh, PosedSet
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +114,39 @@ class PerturbedOracle:
 
     @classmethod
     def from_mesh(cls, mesh: "Mesh", cameras: Sequence[Camera], reference_cam: Camera,
-                  config: OracleConfig = OracleConfig()) -> "PerturbedOracle":
-        """Ground truth from unlit renders of a textured mesh (engine/mesh/raster.py)."""
-        views = [render_rgba(mesh, c) for c in cameras]
-        return cls(views, cameras, render_rgba(mesh, reference_cam), reference_cam, config)
+                  config: OracleConfig = OracleConfig(), *,
+                  render_cameras: Sequence[Camera] | None = None,
+                  render_reference: Camera | None = None) -> "PerturbedOracle":
+        """Ground truth from unlit renders of a textured mesh (engine/mesh/raster.py).
+
+        ``cameras``/``reference_cam``: the rig the oracle reports (``cameras()``), normally in the
+        generator's own object frame. ``render_cameras``/``render_reference``: where the truth is
+        rendered instead (default: the same cameras). Completion (engine/complete.py) reports the
+        generator's rig and renders the truth at that rig placed in the scene from the TRUE
+        reference camera, as a real generator, which sees a photo taken at the true camera, would
+        draw views consistent with the true pose (docs/completion.md)."""
+        rc = list(cameras) if render_cameras is None else list(render_cameras)
+        if len(rc) != len(cameras):
+            raise InputError(f"{len(rc)} render cameras for {len(cameras)} rig cameras", "give one per rig camera")
+        rr = reference_cam if render_reference is None else render_reference
+        views = [render_rgba(mesh, c) for c in rc]
+        return cls(views, cameras, render_rgba(mesh, rr), reference_cam, config)
+
+    @classmethod
+    def for_photos(cls, mesh: "Mesh", photos: "PosedSet", cameras: Sequence[Camera], reference_cam: Camera,
+                   config: OracleConfig = OracleConfig(), *, photo_size: int = 256, fill: float = 0.8,
+                   reference: int | None = None) -> "PerturbedOracle":
+        """The oracle of a completion benchmark: it reports the generator rig ``cameras`` /
+        ``reference_cam`` (object frame) and renders the truth at that rig placed in the scene
+        from ``photos`` with their TRUE cameras (engine/complete.py's layout, with the same
+        ``photo_size``, ``fill`` and ``reference`` as the completion run). Completion then places
+        the rig from the cameras it is given (perturbed or not): a real generator sees the photo,
+        taken at the true camera, so its views agree with the true pose, not the scene's."""
+        from ..complete import layout, prepare_photos
+
+        lay = layout(prepare_photos(photos, photo_size), cameras, reference_cam, reference=reference, fill=fill)
+        return cls.from_mesh(mesh, cameras, reference_cam, config, render_cameras=lay.placement.cameras,
+                             render_reference=lay.placement.reference)
 
     # -- the interface ---------------------------------------------------------------------------
 

@@ -16,6 +16,13 @@ Gaussian-splat fit of views at the rig cameras plus the condition image at the r
 
 ``n_k = sqrt(1 - eta^2) eps_k + eta z`` with ``eps_k`` the noise the prediction implies
 (DDIM's direction) and ``z`` fresh noise. Network evaluations are counted by the generator.
+
+**Anchors** (completion from photos, engine/complete.py): by default the fit's one hard
+constraint is the condition image at the generator's reference camera. ``sample(...,
+cameras=, anchors=)`` instead reconstructs in another frame (the rig ``cameras`` placed in the
+scene) with any number of :class:`Anchor` photos, each at its own camera with its own weight, in
+every fit. ``rvc=`` (aware only) adds rendering-aware velocity compensation at the steps with
+``t < rvc.t_max T`` (engine/sampling/rvc.py, docs/completion.md).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..mvgen.base import ConditionImage, MultiViewGenerator
     from ..splat.model import Splats
+    from .rvc import RVCConfig
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +89,31 @@ class SamplerConfig:
     seed: int = 0
 
 
+@dataclass(frozen=True, eq=False)
+class Anchor:
+    """A view the sampler's fits must honour: (H, W, 4) straight RGBA ``rgba`` at ``camera``
+    (any size; the camera's size must match), visited ``weight`` times as often as a generated
+    view (None: the config's ``reference_weight``). name: for messages and RVC reports."""
+
+    rgba: np.ndarray
+    camera: Camera
+    weight: float | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        a = np.asarray(self.rgba)
+        if a.ndim != 3 or a.shape[2] != 4 or a.shape[:2] != (self.camera.height, self.camera.width):
+            raise InputError(f"anchor {self.name or ''} has shape {a.shape} for a {self.camera.width}x"
+                             f"{self.camera.height} camera", "give (H, W, 4) RGBA at the camera's size")
+
+
 @dataclass
 class SampleResult:
-    """splats: the final reconstruction (object frame). views: the final generated views
-    ((H, W, 4) RGBA at ``cameras``). cameras: the rig. reference_camera: the condition image's.
-    evaluations: generator network evaluations. steps: timesteps visited. seconds: per stage."""
+    """splats: the final reconstruction (object frame, or the frame of ``cameras`` given to
+    :func:`sample`). views: the final generated views ((H, W, 4) RGBA at ``cameras``). cameras:
+    the rig. reference_camera: the condition image's (the first anchor's when anchors are given).
+    evaluations: generator network evaluations. steps: timesteps visited. seconds: per stage.
+    rvc: one report per RVC application (timestep, per-anchor losses before/after, kept)."""
 
     splats: "Splats"
     views: list[np.ndarray]
@@ -94,6 +122,7 @@ class SampleResult:
     evaluations: int
     steps: list[int] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    rvc: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _reference_view(image: "ConditionImage", cam: Camera) -> np.ndarray:
@@ -123,15 +152,28 @@ def fit_views(views: Sequence[np.ndarray], cameras: Sequence[Camera], reference:
               cancel: CancelToken | None = None) -> "Splats":
     """Fit splats to RGBA ``views`` at ``cameras`` plus the condition view at its camera, weighted
     ``config.reference_weight``; warm-started from ``init`` (no densification then)."""
+    return fit_anchored(views, cameras, [Anchor(reference, reference_cam)], iterations=iterations, init=init,
+                        config=config, seed=seed, progress=progress, cancel=cancel)
+
+
+def fit_anchored(views: Sequence[np.ndarray], cameras: Sequence[Camera], anchors: Sequence[Anchor], *,
+                 iterations: int, init: "Splats | None" = None, config: SamplerConfig = SamplerConfig(),
+                 seed: int = 0, progress: ProgressCallback | None = None,
+                 cancel: CancelToken | None = None) -> "Splats":
+    """Fit splats to RGBA ``views`` at ``cameras`` (weight 1 each) plus every anchor at its own
+    camera (weight ``anchor.weight`` or ``config.reference_weight``); warm-started from ``init``
+    (no densification then)."""
     from ..io.types import PosedSet
     from ..splat.fit import fit_splats
 
-    imgs = [np.ascontiguousarray(v[..., :3]) for v in views] + [np.ascontiguousarray(reference[..., :3])]
-    masks = [np.ascontiguousarray(v[..., 3]) for v in views] + [np.ascontiguousarray(reference[..., 3])]
-    posed = PosedSet(list(cameras) + [reference_cam], imgs, masks)
+    imgs = [np.ascontiguousarray(v[..., :3]) for v in views] + [np.ascontiguousarray(a.rgba[..., :3]) for a in anchors]
+    masks = [np.ascontiguousarray(v[..., 3]) for v in views] + [np.ascontiguousarray(a.rgba[..., 3]) for a in anchors]
+    posed = PosedSet(list(cameras) + [a.camera for a in anchors],
+                     [i.astype(np.float32) for i in imgs], [m.astype(np.float32) for m in masks])
     cfg = replace(config.fit, iterations=int(iterations), seed=int(seed),
                   densify=config.fit.densify and init is None)
-    weights = [1.0] * len(views) + [float(config.reference_weight)]
+    weights = [1.0] * len(views) + [float(config.reference_weight if a.weight is None else a.weight)
+                                    for a in anchors]
     return fit_splats(posed, cfg, init=init, view_weights=weights, progress=progress, cancel=cancel).splats
 
 
@@ -167,8 +209,15 @@ class _Stage:
 
 
 def sample(gen: "MultiViewGenerator", image: "ConditionImage", config: SamplerConfig = SamplerConfig(), *,
-           progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> SampleResult:
-    """Generate views of the object in ``image`` and reconstruct it (see the module docstring)."""
+           cameras: Sequence[Camera] | None = None, anchors: Sequence[Anchor] | None = None,
+           rvc: "RVCConfig | None" = None, progress: ProgressCallback | None = None,
+           cancel: CancelToken | None = None) -> SampleResult:
+    """Generate views of the object in ``image`` and reconstruct it (see the module docstring).
+
+    cameras: the generator's rig in the frame to reconstruct in (default ``gen.cameras()``, the
+    object frame); one per generated view. anchors: the fits' hard constraints (default: the
+    condition image at ``gen.reference_camera()``). rvc: rendering-aware velocity compensation
+    against the anchors (method "aware" only; None: off)."""
     import torch
 
     cfg = config
@@ -179,16 +228,31 @@ def sample(gen: "MultiViewGenerator", image: "ConditionImage", config: SamplerCo
     if not 0.0 <= cfg.eta <= 1.0:
         raise InputError(f"eta {cfg.eta} is outside [0, 1]", "use 1 (fresh noise) or 0 (DDIM)")
     sched = gen.schedule
-    cams = gen.cameras()
-    ref_cam = gen.reference_camera()
-    ref = _reference_view(image, ref_cam)
+    cams = gen.cameras() if cameras is None else list(cameras)
+    if cameras is not None and len(cams) != len(gen.cameras()):
+        raise InputError(f"{len(cams)} rig cameras for a generator of {len(gen.cameras())} views",
+                         "give one camera per generated view")
+    if anchors is None:
+        ref_cam = gen.reference_camera()
+        anchors = [Anchor(_reference_view(image, ref_cam), ref_cam, name="condition")]
+    else:
+        anchors = list(anchors)
+        if not anchors:
+            raise InputError("no anchor views", "give at least one photo with its camera")
+        ref_cam = anchors[0].camera
+    if rvc is not None and cfg.method != "aware":
+        raise InputError(f"RVC is implemented for the 'aware' sampler, not {cfg.method!r}",
+                         "use method 'aware' or turn RVC off")
     g = torch.Generator().manual_seed(int(cfg.seed) + 1)
     seconds: dict[str, float] = {"generate": 0.0, "fit": 0.0, "render": 0.0}
     ts = sched.timesteps(cfg.steps)
+    T = sched.num_train_timesteps
+    rvc_steps = [t for t in ts if rvc is not None and rvc.active(t, T)]
     n_fits = {"oneshot": 1, "aware": cfg.steps, "im3d": 1 + cfg.rounds}[cfg.method]
     n_gen = cfg.steps + (cfg.rounds * cfg.im3d_steps if cfg.method == "im3d" else 0)
-    stage = _Stage(progress, n_gen + n_fits)
+    stage = _Stage(progress, n_gen + n_fits + len(rvc_steps))
     visited: list[int] = []
+    reports: list[dict[str, Any]] = []
 
     def denoise(x, t):
         check(cancel)
@@ -202,8 +266,8 @@ def sample(gen: "MultiViewGenerator", image: "ConditionImage", config: SamplerCo
 
     def fit(views, init, iterations, label):
         t0 = time.perf_counter()
-        out = fit_views(views, cams, ref, ref_cam, iterations=iterations, init=init, config=cfg, seed=cfg.seed,
-                        progress=stage.sub(label), cancel=cancel)
+        out = fit_anchored(views, cams, anchors, iterations=iterations, init=init, config=cfg, seed=cfg.seed,
+                           progress=stage.sub(label), cancel=cancel)
         seconds["fit"] += time.perf_counter() - t0
         stage.step(label)
         return out
@@ -235,8 +299,24 @@ def sample(gen: "MultiViewGenerator", image: "ConditionImage", config: SamplerCo
             views = gen.decode(x0)
             iters = cfg.fit_iterations if splats is None else cfg.warm_iterations
             splats = fit(views, splats, iters, f"step {k + 1}/{len(ts)} fit")
+            delta = None
+            if t in rvc_steps:
+                from .rvc import compensate
+
+                t0 = time.perf_counter()
+                before = renders_of(splats)
+                comp = compensate(splats, anchors, cams, rvc, fit=cfg.fit, seed=cfg.seed + k,
+                                  progress=stage.sub(f"step {k + 1}/{len(ts)} rvc"), cancel=cancel)
+                # the change of the predicted clean sample: x0' = x0 + E(P(R*)) - E(P(R))
+                delta = gen.encode(renders_of(comp.splats)) - gen.encode(before)
+                splats = comp.splats
+                reports.append({"t": int(t), **comp.report()})
+                seconds["rvc"] = seconds.get("rvc", 0.0) + time.perf_counter() - t0
+                stage.step(f"step {k + 1}/{len(ts)} rvc")
             if k + 1 < len(ts):
                 x = _renoise(gen, gen.encode(renders_of(splats)), x0, x, t, ts[k + 1], cfg.eta, g)
+            elif delta is not None:
+                views = gen.decode(x0 + delta.to(x0.dtype).to(x0.device))
     else:
         x0 = plain(x, ts)
         views = gen.decode(x0)
@@ -256,4 +336,4 @@ def sample(gen: "MultiViewGenerator", image: "ConditionImage", config: SamplerCo
     evaluations = int(gen.evaluations) - evals0
     log.info("%s sampling: %d evaluations, %s", cfg.method, evaluations,
              ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
-    return SampleResult(splats, views, cams, ref_cam, evaluations, visited, seconds)
+    return SampleResult(splats, views, cams, ref_cam, evaluations, visited, seconds, reports)

@@ -1,0 +1,215 @@
+"""Rendering-aware velocity compensation (RVC, seed 001 ReconViaGen) for multi-view samplers.
+
+The paper corrects the predicted velocity of a 3D latent with the gradient of a rendering loss at
+the input cameras: ``v' = v + lambda dv``, ``dv = -d L / d x0``, for ``t < 0.5``, dropping input
+views whose loss exceeds 0.8. Our sample is a set of multi-view images (or their latents), not a
+3D latent, so the loss cannot be differentiated with respect to it directly: the reconstruction
+between them (a splat fit) is an optimisation. What is implemented (docs/completion.md has the
+derivation):
+
+1. Per anchor (input photo) ``i``: ``L_i = w_ssim (1 - SSIM) + w_l1 L1`` (+ ``w_lpips`` LPIPS
+   where its weights exist: they are not shipped, so that term is off) between the splats ``R``
+   fitted in the sampler's loop, rendered at the photo's camera on white, and the photo on white.
+   Views with ``L_i > max_loss`` (0.8) are dropped as unreliable (a wrong pose, another object).
+2. The corrected clean prediction is a *proximal* gradient step in the space of the generated
+   views, solved through the splats:
+
+       R* = argmin_theta  lambda * mean_{i kept} L_i(theta) + 1/2 mean_j || P_j(theta) - P_j(R) ||^2
+
+   with ``P_j`` the render at rig camera ``j`` (on white, the squared norm a per-pixel mean). For
+   a model that could change each generated view freely, its solution is
+   ``x0* = x0 - lambda grad_x0 L`` to first order: the paper's ``x0 + lambda dv`` with the
+   gradient in per-pixel units; the proximal form is the one that stays stable for any lambda.
+   It is solved by ``steps`` Adam steps (the fit's learning rates) from ``R``.
+3. The sampler turns the change into its own space through the generator's encode:
+   ``x0' = x0 + E(P(R*)) - E(P(R))`` (engine/sampling/aware.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from ..cameras import Camera
+from ..errors import InputError
+from ..progress import CancelToken, ProgressCallback, check, report
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..splat.fit import FitConfig
+    from ..splat.model import Splats
+    from .aware import Anchor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RVCConfig:
+    """Settings of RVC.
+
+    strength: lambda, the proximal step size in per-pixel units (default 0.1, the paper's).
+    t_max: active while ``t < t_max * T`` (default 0.5: the second half of the schedule).
+    max_loss: anchors whose loss exceeds this are dropped as unreliable (default 0.8).
+    steps: Adam steps of the proximal problem per application (default 100).
+    ssim_weight, l1_weight: weights of (1 - SSIM) and L1 in the per-view loss (default 1, 1).
+    lpips_weight: weight of LPIPS, used only where its weights are installed (never here:
+        they are not shipped and never downloaded, so the term is off).
+    """
+
+    strength: float = 0.1
+    t_max: float = 0.5
+    max_loss: float = 0.8
+    steps: int = 100
+    ssim_weight: float = 1.0
+    l1_weight: float = 1.0
+    lpips_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.strength >= 0 and np.isfinite(self.strength)):
+            raise InputError(f"RVC strength {self.strength} is not >= 0", "use a strength such as 0.1")
+        if not 0.0 <= self.t_max <= 1.0:
+            raise InputError(f"RVC t_max {self.t_max} is outside [0, 1]", "use a fraction of the schedule, e.g. 0.5")
+        if self.steps < 0:
+            raise InputError(f"RVC steps {self.steps} < 0", "use a number of steps such as 100")
+
+    def active(self, t: int, num_train_timesteps: int) -> bool:
+        return self.strength > 0 and self.steps > 0 and t < self.t_max * num_train_timesteps
+
+
+@dataclass
+class RVCResult:
+    """splats: the corrected model ``R*``. names: the anchors'. losses_before/after: ``L_i`` of
+    every anchor before and after the correction. kept: whether each anchor took part."""
+
+    splats: "Splats"
+    names: list[str]
+    losses_before: list[float]
+    losses_after: list[float]
+    kept: list[bool] = field(default_factory=list)
+
+    def report(self) -> dict[str, Any]:
+        return {"names": list(self.names), "losses_before": [round(x, 4) for x in self.losses_before],
+                "losses_after": [round(x, 4) for x in self.losses_after], "kept": list(self.kept)}
+
+
+def lpips_available() -> bool:
+    """LPIPS needs network weights that are not shipped (engine/metrics.py): off."""
+    return False
+
+
+def _on_white(rgba: np.ndarray) -> np.ndarray:
+    a = rgba[..., 3:4]
+    return (rgba[..., :3] * a + (1.0 - a)).astype(np.float32)
+
+
+def view_loss(pred, target, config: RVCConfig = RVCConfig()):
+    """Differentiable ``L = w_ssim (1 - SSIM) + w_l1 L1`` of (H, W, 3) tensors on white."""
+    from pytorch_msssim import ssim
+
+    h, w = pred.shape[:2]
+    win = min(11, (min(h, w) // 2) * 2 - 1)
+    s = ssim(pred.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None], data_range=1.0, size_average=True,
+             win_size=max(win, 3))
+    return config.ssim_weight * (1.0 - s) + config.l1_weight * (pred - target).abs().mean()
+
+
+class _Renderer:
+    def __init__(self, device, backend: str) -> None:
+        self.device, self.backend = device, backend
+
+    def __call__(self, params: dict, cam: Camera, sh_degree: int):
+        import torch
+
+        from ..splat.rasterize import rasterize
+
+        vm = torch.tensor(cam.world_to_camera, dtype=torch.float32, device=self.device)[None]
+        K = torch.tensor(cam.K, dtype=torch.float32, device=self.device)[None]
+        bg = torch.ones(1, 3, device=self.device)
+        colors = torch.cat([params["sh0"], params["shN"]], dim=1)
+        r, _, _ = rasterize(params["means"], params["quats"], torch.exp(params["scales"]),
+                            torch.sigmoid(params["opacities"]), colors, vm, K, cam.width, cam.height,
+                            sh_degree=sh_degree, backgrounds=bg, backend=self.backend)
+        return r[0, ..., :3].clamp(0, 1)
+
+
+def anchor_losses(splats: "Splats", anchors: Sequence["Anchor"], config: RVCConfig = RVCConfig(), *,
+                  device: str = "auto", backend: str = "auto") -> list[float]:
+    """``L_i`` of the splats at every anchor (no gradient)."""
+    import torch
+
+    from ..splat.fit import resolve_device
+
+    dev = resolve_device(device)
+    render = _Renderer(dev, backend)
+    params = {k: v.to(dev) for k, v in splats.as_dict().items()}
+    out = []
+    with torch.no_grad():
+        for a in anchors:
+            tgt = torch.from_numpy(_on_white(np.asarray(a.rgba, np.float32))).to(dev)
+            out.append(float(view_loss(render(params, a.camera, splats.sh_degree), tgt, config)))
+    return out
+
+
+def compensate(splats: "Splats", anchors: Sequence["Anchor"], rig: Sequence[Camera], config: RVCConfig = RVCConfig(),
+               *, fit: "FitConfig | None" = None, seed: int = 0, progress: ProgressCallback | None = None,
+               cancel: CancelToken | None = None) -> RVCResult:
+    """One RVC application: the proximal correction ``R*`` of the module docstring."""
+    import torch
+
+    from ..splat.fit import FitConfig, resolve_device
+    from ..splat.model import Splats, scene_scale
+
+    fcfg = fit if fit is not None else FitConfig()
+    if not anchors:
+        raise InputError("RVC needs at least one input view", "give the photos as anchors")
+    dev = resolve_device(fcfg.device)
+    render = _Renderer(dev, fcfg.backend)
+    names = [a.name or f"anchor{i}" for i, a in enumerate(anchors)]
+    before = anchor_losses(splats, anchors, config, device=fcfg.device, backend=fcfg.backend)
+    kept = [bool(np.isfinite(x) and x <= config.max_loss) for x in before]
+    for n, x, k in zip(names, before, kept):
+        if not k:
+            log.warning("RVC: view %s dropped (loss %.3f > %.2f: unreliable pose or another object)", n, x,
+                        config.max_loss)
+    ids = [i for i, k in enumerate(kept) if k]
+    if not ids or not config.steps or config.strength <= 0:
+        return RVCResult(splats, names, before, list(before), kept)
+    deg = splats.sh_degree
+    with torch.no_grad():
+        p0 = {k: v.to(dev) for k, v in splats.as_dict().items()}
+        rig_targets = [render(p0, c, deg).detach() for c in rig]
+    targets = {i: torch.from_numpy(_on_white(np.asarray(anchors[i].rgba, np.float32))).to(dev) for i in ids}
+    params = {k: torch.nn.Parameter(v.clone()) for k, v in p0.items()}
+    scale = scene_scale(list(rig) + [a.camera for a in anchors])
+    lrs = {"means": fcfg.lr_means * scale, "scales": fcfg.lr_scales, "quats": fcfg.lr_quats,
+           "opacities": fcfg.lr_opacities, "sh0": fcfg.lr_sh0, "shN": fcfg.lr_shN}
+    opts = [torch.optim.Adam([params[k]], lr=lrs[k], eps=1e-15) for k in params]
+    rng = np.random.default_rng(seed)
+    order_i: list[int] = []
+    order_j: list[int] = []
+    lam = float(config.strength)
+    for step in range(config.steps):
+        check(cancel)
+        if not order_i:
+            order_i = list(rng.permutation(ids))
+        if not order_j:
+            order_j = list(rng.permutation(len(rig)))
+        i, j = order_i.pop(), order_j.pop()
+        data = view_loss(render(params, anchors[i].camera, deg), targets[i], config)
+        prox = 0.5 * ((render(params, rig[j], deg) - rig_targets[j]) ** 2).mean()
+        loss = lam * data + prox
+        if not torch.isfinite(loss):
+            log.warning("RVC: non-finite loss at step %d; keeping the model as it was", step)
+            return RVCResult(splats, names, before, list(before), kept)
+        loss.backward()
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+        report(progress, "rvc", step + 1, config.steps, f"step {step + 1}/{config.steps}")
+    out = Splats.from_dict({k: v.detach() for k, v in params.items()})
+    after = anchor_losses(out, anchors, config, device=fcfg.device, backend=fcfg.backend)
+    log.info("RVC: input-view loss %s -> %s (kept %d/%d)", np.round(before, 3).tolist(), np.round(after, 3).tolist(),
+             len(ids), len(anchors))
+    return RVCResult(out, names, before, after, kept)
