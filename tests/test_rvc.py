@@ -1,0 +1,132 @@
+"""Rendering-aware velocity compensation (engine/sampling/rvc.py) in the 3D-aware sampler: the
+input-view loss falls with RVC, unreliable views (loss > 0.8) are dropped, the schedule window,
+settings and errors (CPU, small)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from viewforge.engine.errors import Cancelled, InputError
+from viewforge.engine.mvgen.base import orbit_camera
+from viewforge.engine.progress import CancelToken
+
+SIZE = 48
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """Demo object, generator rig (object frame = scene frame here), oracle, two photo anchors."""
+    from viewforge.engine.demo import DemoConfig, demo_mesh
+    from viewforge.engine.io.types import Mesh
+    from viewforge.engine.mesh.evaluate import normalisation
+    from viewforge.engine.mvgen.oracle import OracleConfig, PerturbedOracle, render_rgba
+    from viewforge.engine.sampling.aware import Anchor
+
+    m = demo_mesh(DemoConfig(segments=32, rings=20, texture_size=256))
+    s, off = normalisation(m)
+    m = Mesh(m.vertices * s + off, m.faces, m.normals, m.uvs, m.colors, m.texture)
+    rig = [orbit_camera(30 + 60 * i, 20 if i % 2 == 0 else -10, 4.5, 30, SIZE, f"rig{i}") for i in range(6)]
+    ref = orbit_camera(0, 0, 4.5, 30, SIZE, "ref")
+    orc = PerturbedOracle.from_mesh(m, rig, ref, OracleConfig(seed=1))
+    cams = [orbit_camera(a, 10, 4.0, 35, 64, name=f"p{a}") for a in (-20, 25)]
+    anchors = [Anchor(render_rgba(m, c), c, 4.0, c.name) for c in cams]
+    return m, orc, anchors
+
+
+def _cfg():
+    from viewforge.engine.sampling.aware import SAMPLER_FIT, SamplerConfig
+
+    fit = replace(SAMPLER_FIT, init_points=1500, refine_start=40, refine_every=20, sh_degree=0, device="cpu")
+    return SamplerConfig(method="aware", fit_iterations=80, warm_iterations=30, fit=fit)
+
+
+def _psnr_at(splats, anchors):
+    from viewforge.engine.metrics import psnr
+    from viewforge.engine.sampling.aware import render_views
+
+    def white(x):
+        return x[..., :3] * x[..., 3:4] + 1 - x[..., 3:4]
+
+    r = render_views(splats, [a.camera for a in anchors])
+    return float(np.mean([psnr(white(x), white(a.rgba)) for x, a in zip(r, anchors)]))
+
+
+def test_rvc_lowers_the_input_view_loss(setup):
+    from viewforge.engine.sampling.aware import sample
+    from viewforge.engine.sampling.rvc import RVCConfig, anchor_losses
+
+    m, orc, anchors = setup
+    cond = orc.condition_image()
+    base = sample(orc, cond, _cfg(), cameras=orc.cameras(), anchors=anchors)
+    events = []
+    with_rvc = sample(orc, cond, _cfg(), cameras=orc.cameras(), anchors=anchors, rvc=RVCConfig(steps=40),
+                      progress=events.append)
+    assert base.rvc == [] and [r["t"] for r in with_rvc.rvc] == [499, 249]  # t < 0.5 T only
+    assert base.evaluations == with_rvc.evaluations == 4  # RVC costs no network evaluation
+    l0 = anchor_losses(base.splats, anchors)
+    l1 = anchor_losses(with_rvc.splats, anchors)
+    assert all(b < a for a, b in zip(l0, l1)), (l0, l1)
+    for rep in with_rvc.rvc:
+        assert all(rep["kept"]) and all(b < a for a, b in zip(rep["losses_before"], rep["losses_after"]))
+    gain = _psnr_at(with_rvc.splats, anchors) - _psnr_at(base.splats, anchors)
+    assert gain > 1.0, gain
+    fr = [e.fraction for e in events if e.stage == "sample"]
+    assert fr == sorted(fr) and fr[-1] == 1.0
+
+
+def test_unreliable_view_is_dropped(setup):
+    from viewforge.engine.sampling.aware import Anchor, sample
+    from viewforge.engine.sampling.rvc import RVCConfig, compensate
+
+    m, orc, anchors = setup
+    res = sample(orc, orc.condition_image(), _cfg(), cameras=orc.cameras(), anchors=anchors)
+    rng = np.random.default_rng(0)
+    noise = np.concatenate([rng.random((64, 64, 3)), np.ones((64, 64, 1))], 2).astype(np.float32)
+    bad = Anchor(noise, anchors[1].camera, 4.0, "bad")  # another "object": loss > 0.8
+    comp = compensate(res.splats, [anchors[0], bad], orc.cameras(), RVCConfig(steps=40), fit=_cfg().fit)
+    assert comp.kept == [True, False]
+    assert comp.losses_before[1] > 0.8 and comp.losses_before[0] < 0.8
+    assert comp.losses_after[0] < comp.losses_before[0]
+    # only bad views: nothing to follow, the model is returned unchanged
+    alone = compensate(res.splats, [bad], orc.cameras(), RVCConfig(steps=40), fit=_cfg().fit)
+    assert alone.kept == [False] and alone.splats is res.splats
+    # strength 0 changes nothing either
+    off = compensate(res.splats, anchors, orc.cameras(), RVCConfig(strength=0.0), fit=_cfg().fit)
+    assert off.splats is res.splats and off.losses_after == off.losses_before
+
+
+def test_rvc_settings_window_and_errors(setup):
+    import torch
+
+    from viewforge.engine.sampling.aware import sample
+    from viewforge.engine.sampling.rvc import RVCConfig, lpips_available, view_loss
+
+    cfg = RVCConfig()
+    assert (cfg.strength, cfg.t_max, cfg.max_loss) == (0.1, 0.5, 0.8)
+    assert cfg.active(499, 1000) and cfg.active(249, 1000) and not cfg.active(500, 1000)
+    assert not cfg.active(749, 1000) and not RVCConfig(strength=0.0).active(10, 1000)
+    assert not lpips_available()  # no LPIPS weights are shipped: the term is off
+    x = torch.rand(32, 32, 3)
+    assert float(view_loss(x, x)) < 1e-6
+    assert float(view_loss(x, 1 - x)) > 0.8
+    with pytest.raises(InputError):
+        RVCConfig(strength=-1.0)
+    with pytest.raises(InputError):
+        RVCConfig(t_max=2.0)
+    m, orc, anchors = setup
+    with pytest.raises(InputError, match="RVC"):
+        sample(orc, orc.condition_image(), replace(_cfg(), method="oneshot"), anchors=anchors, rvc=cfg)
+    with pytest.raises(InputError, match="rig cameras"):
+        sample(orc, orc.condition_image(), _cfg(), cameras=orc.cameras()[:3], anchors=anchors)
+    token = CancelToken()
+
+    def cancel_in_rvc(ev):
+        if "rvc" in ev.message:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        sample(orc, orc.condition_image(), _cfg(), anchors=anchors, rvc=RVCConfig(steps=40),
+               progress=cancel_in_rvc, cancel=token)
