@@ -297,6 +297,15 @@ def _add_reconstruct(p: argparse.ArgumentParser) -> None:
                    help="ground-truth mesh: adds chamfer and F-score@0.1 to the metrics (mesh outputs)")
     p.add_argument("--metrics", metavar="M.json", default=None, help="write the metrics JSON (DESIGN.md) here")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("--complete", choices=("auto", "on", "off"), default="auto",
+                   help="generate the sides no photo saw (default auto: with at most 4 training photos, when the "
+                        "generator's weights are there)")
+    p.add_argument("--model", default="zero123pp-v1.2", metavar="ID_OR_DIR",
+                   help="generator for completion: registry id or local model folder (default zero123pp-v1.2)")
+    p.add_argument("--allow-download", action="store_true",
+                   help="let completion download the generator's weights (pinned revision) when missing")
+    p.add_argument("--no-rvc", action="store_true",
+                   help="completion without rendering-aware velocity compensation (RVC)")
 
 
 def _reconstruct_to(output: Path, run: Callable[[Path], object]):
@@ -326,6 +335,7 @@ def _run_reconstruct(args: argparse.Namespace, progress: ProgressBar) -> int:
         views=args.views, holdout=args.holdout, resolution=args.resolution, iterations=args.iterations,
         device=args.device, seed=args.seed, pose_refine=args.refine_poses, faces=args.faces,
         texture_size=args.texture_size, gt_mesh=args.gt_mesh, mesh={"grid": args.grid},
+        complete=args.complete, model=args.model, allow_download=args.allow_download, rvc=not args.no_rvc,
     )
     if args.gt_mesh is not None and not Path(args.gt_mesh).expanduser().is_file():
         raise InputError(f"ground-truth mesh {args.gt_mesh} not found", "give the path of a .glb/.gltf/.obj/.ply mesh")
@@ -342,6 +352,9 @@ def _run_reconstruct(args: argparse.Namespace, progress: ProgressBar) -> int:
     if m["chamfer"] is not None:
         quality += f", chamfer {m['chamfer']:.4f}, F-score {m['fscore']:.4f}"
     what = (f"{m['num_faces']} faces" if m["num_faces"] is not None else f"{m['num_gaussians']} Gaussians")
+    if m.get("completion"):
+        c = m["completion"]
+        what += f", unseen sides completed by {c['generator']} in {c['generator_evals']} evaluations"
     print(
         f"{PROG} reconstruct: wrote {res.output} ({what} from {m['views']} views, "
         f"{sum(m['seconds'].values()):.0f} s{quality})"
@@ -609,7 +622,10 @@ def _configure_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(name)s: %(message)s"))
+    handler._viewforge_cli = True  # type: ignore[attr-defined]
     root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_viewforge_cli", False)]:
+        root.removeHandler(old)  # main() run again in one process (tests, scripts): one handler, today's stderr
     root.addHandler(handler)
     root.setLevel(level)
 

@@ -81,7 +81,7 @@ QUALITY_PRESETS: dict[str, QualityPreset] = {
 
 #: Options a reconstruct job accepts besides the preset (ReconConfig field names).
 RECON_OPTIONS = ("quality", "resolution", "iterations", "faces", "texture_size", "device", "seed", "views", "holdout",
-                 "pose_refine", "mesh")
+                 "pose_refine", "mesh", "complete", "model", "allow_download", "rvc")
 
 
 def recon_config(quality: str = "standard", **overrides: Any):

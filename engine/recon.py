@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 SPLAT_SUFFIXES = (".ply",)
 #: Longer image side of the photos the feature pose refinement works on (when stored larger).
 FEATURE_RESOLUTION = 400
+#: Most training photos for which ``complete="auto"`` generates the unseen sides (issue 7).
+COMPLETE_MAX_PHOTOS = 4
+#: Values of ReconConfig.complete.
+COMPLETE_MODES = ("auto", "on", "off")
 #: Mesh outputs the engine writes itself (.blend is written by the command line through bpy).
 MESH_SUFFIXES = (".glb",)
 
@@ -37,7 +41,12 @@ class ReconConfig:
     bake_resolution: longer side of the photos the texture is baked from (None: as stored;
     never below ``resolution``). gt_mesh: ground-truth mesh for chamfer/F-score in the metrics
     (in the posed set's frame, or mapped into it by a ``normalization`` entry of transforms.json).
-    mesh: extra settings of the mesh stage (MeshConfig fields other than faces and texture_size)."""
+    mesh: extra settings of the mesh stage (MeshConfig fields other than faces and texture_size).
+    complete: generative completion of the sides no photo saw (engine/complete.py): "auto"
+    (default) with at most COMPLETE_MAX_PHOTOS training photos when the generator's weights are
+    there (otherwise a warning and the photos alone); "on" always (missing weights are an error);
+    "off" never. model, allow_download: the generator and whether its weights may be fetched.
+    rvc: rendering-aware velocity compensation during completion (default on)."""
 
     views: int | None = None
     holdout: int = 0
@@ -51,6 +60,10 @@ class ReconConfig:
     bake_resolution: int | None = 1024
     gt_mesh: str | None = None
     mesh: dict[str, Any] = field(default_factory=dict)
+    complete: str = "auto"
+    model: str = "zero123pp-v1.2"
+    allow_download: bool = False
+    rvc: bool = True
 
 
 @dataclass
@@ -136,10 +149,12 @@ def reconstruct(
     splats (3DGS format), .glb = the whole chain to a UV-textured mesh (engine/mesh). Optionally
     the metrics JSON of DESIGN.md (PSNR/SSIM of the output at the held-out views; for meshes
     also the splats' as psnr_splat/ssim_splat) and, for mesh outputs, the splats at
-    ``splats_path``. Nothing is written at any path on failure or cancel."""
+    ``splats_path``. Nothing is written at any path on failure or cancel.
+
+    With at most COMPLETE_MAX_PHOTOS training photos (``config.complete``), the generator
+    completes the sides no photo saw (engine/complete.py) instead of the plain fit."""
     from .io.posed import load_posed_set
     from .splat.fit import FitConfig, fit_splats
-    from .splat.model import write_splat_ply
 
     out = check_output_path(output)
     suffix = out.suffix.lower()
@@ -149,6 +164,8 @@ def reconstruct(
             "use .glb (textured mesh), .blend (textured mesh, command line) or .ply (Gaussian splats)",
         )
     want_mesh = suffix in MESH_SUFFIXES
+    if config.complete not in COMPLETE_MODES:
+        raise InputError(f"unknown completion mode {config.complete!r}", f"use one of {', '.join(COMPLETE_MODES)}")
     mpath = check_output_path(metrics_path, (".json",)) if metrics_path is not None else None
     spath = check_output_path(splats_path, (".ply",)) if splats_path is not None else None
     gt = None
@@ -163,6 +180,18 @@ def reconstruct(
     train_ids, held_ids = split_views(len(posed), config.views, config.holdout)
     train = _subset(posed, train_ids)
     held = _subset(posed, held_ids) if held_ids else None
+    if config.complete == "on" or (config.complete == "auto" and len(train) <= COMPLETE_MAX_PHOTOS):
+        done = _completion(transforms, posed, train_ids, train, held, gt, config, out, seconds, progress, cancel)
+        if done is not None:
+            splats, mesh, cameras, metrics = done
+            _write_outputs(out, want_mesh, mesh, splats, spath, mpath, metrics, cancel)
+            return ReconResult(out, metrics, [posed.names[i] for i in train_ids], [posed.names[i] for i in held_ids],
+                               splats=splats, mesh=mesh, cameras=cameras)
+    if len(train) < 2:
+        raise InputError(
+            "one photo cannot be reconstructed on its own",
+            "add photos from other sides, or let the generator complete it (complete 'auto'/'on' with its weights)",
+        )
     fit_cfg = FitConfig(
         iterations=config.iterations, device=config.device, seed=config.seed, pose_refine=config.pose_refine
     )
@@ -204,6 +233,17 @@ def reconstruct(
         ],
         **extra,
     }
+    _write_outputs(out, want_mesh, mesh, result.splats, spath, mpath, metrics, cancel)
+    return ReconResult(out, metrics, [posed.names[i] for i in train_ids], [posed.names[i] for i in held_ids],
+                       splats=result.splats, mesh=mesh, cameras=result.cameras)
+
+
+def _write_outputs(out: Path, want_mesh: bool, mesh, splats, spath: Path | None, mpath: Path | None,
+                   metrics: dict[str, Any], cancel) -> None:
+    """Write the mesh (or the splats), the optional splats file and metrics JSON; on failure or
+    cancel nothing is left at any of the paths."""
+    from .splat.model import write_splat_ply
+
     written: list[Path] = []
     try:
         check(cancel)
@@ -214,10 +254,10 @@ def reconstruct(
             write_mesh(mesh, out)
             written.append(out)
             if spath is not None:
-                write_splat_ply(result.splats, spath)
+                write_splat_ply(splats, spath)
                 written.append(spath)
         else:
-            write_splat_ply(result.splats, out)
+            write_splat_ply(splats, out)
             written.append(out)
         metrics["seconds"]["write"] = round(time.perf_counter() - t, 3)
         if mpath is not None:
@@ -227,8 +267,67 @@ def reconstruct(
         for p in written:
             p.unlink(missing_ok=True)
         raise
-    return ReconResult(out, metrics, [posed.names[i] for i in train_ids], [posed.names[i] for i in held_ids],
-                       splats=result.splats, mesh=mesh, cameras=result.cameras)
+
+
+def _completion(transforms, posed: PosedSet, train_ids: list[int], train: PosedSet, held: PosedSet | None, gt,
+                config: ReconConfig, out: Path, seconds: dict[str, float], progress, cancel):
+    """Few photos: the generator completes the unseen sides (engine/complete.py). Returns
+    (splats, mesh or None, cameras, metrics), or None when ``complete="auto"`` finds no generator
+    weights and there are >= 2 photos (a warning; the caller reconstructs from the photos alone)."""
+    from .complete import CompleteConfig, complete
+    from .errors import DependencyError
+
+    ccfg = CompleteConfig(
+        model=config.model, seed=config.seed, device=config.device, allow_download=config.allow_download,
+        rvc=config.rvc, refine_cameras=config.pose_refine, make_mesh=out.suffix.lower() in MESH_SUFFIXES,
+        faces=config.faces, texture_size=config.texture_size, mesh=dict(config.mesh),
+        # the optimisation budget: 3000 steps = the sampler's 1000-step first fit + 300 per later step
+        fit_iterations=max(config.iterations // 3, 1), warm_iterations=max(config.iterations // 10, 1),
+    )
+    photos = _sharper_training_photos(transforms, posed, train_ids, max(ccfg.photo_size, 512), cancel) or train
+    t = time.perf_counter()
+    try:
+        res = complete(photos, None, ccfg, progress=progress, cancel=cancel)
+    except DependencyError as e:
+        if config.complete == "on" or len(train) < 2:
+            raise
+        log.warning("only %d photos: the sides no photo saw stay empty (%s; to complete them: %s)",
+                    len(train), e.message, e.fix)
+        return None
+    seconds["complete"] = time.perf_counter() - t
+    seconds.update({f"complete_{k}": v for k, v in (res.metrics.get("seconds") or {}).items()})
+    t = time.perf_counter()
+    scores = evaluate_views(res.splats, held, config.device)
+    extra: dict[str, Any] = {}
+    if res.mesh is not None:
+        from .mesh.evaluate import chamfer_fscore, gt_in_camera_frame, image_scores
+
+        extra = {"psnr_splat": scores["psnr"], "ssim_splat": scores["ssim"]}
+        mesh_scores = image_scores(res.mesh, held) if held is not None else {"psnr": None, "ssim": None, "lpips": None}
+        scores = {k: mesh_scores.get(k) for k in ("psnr", "ssim", "lpips")}
+        if gt is not None:
+            extra.update(chamfer_fscore(res.mesh, gt_in_camera_frame(gt, posed.meta)))
+    elif gt is not None:
+        log.warning("--gt-mesh is ignored for splat (.ply) output: chamfer and F-score need a mesh")
+    seconds["eval"] = time.perf_counter() - t
+    m = res.metrics
+    metrics = {
+        **scores,
+        "lpips": scores.get("lpips"),
+        "chamfer": extra.pop("chamfer", None),
+        "fscore": extra.pop("fscore", None),
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "peak_rss_mb": None if (rss := peak_rss_mb()) is None else round(rss, 1),
+        "num_gaussians": res.splats.num,
+        "num_faces": None if res.mesh is None else res.mesh.num_faces,
+        "views": len(train),
+        "holdout": 0 if held is None else len(held),
+        "resolution": config.resolution,
+        "completion": {k: m.get(k) for k in ("generator", "steps", "generator_evals", "reference", "rvc_enabled",
+                                             "psnr_inputs", "cameras_refined")},
+        **extra,
+    }
+    return res.splats, res.mesh, res.cameras, metrics
 
 
 def _stored_long_side(transforms) -> int | None:
