@@ -40,8 +40,10 @@ log = logging.getLogger(__name__)
 
 #: Photo files matched by camera name in a photo folder (in this order of preference).
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".webp", ".bmp")
-#: Fewest photos a reconstruction accepts.
+#: Fewest photos a reconstruction accepts (one photo only with completion by the generator).
 MIN_PHOTOS = 2
+#: Most photos for which completion "auto" generates the unseen sides (engine.recon.COMPLETE_MAX_PHOTOS).
+COMPLETE_MAX_PHOTOS = 4
 #: CPU priority decrease of interactive jobs' workers (the UI keeps its share of the cores).
 WORKER_NICE = 5
 #: Output format of the operator's job (the textured mesh of the mesh stage).
@@ -71,6 +73,10 @@ class ReconstructRequest:
     keep_output: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)
     output_suffix: str = OUTPUT_SUFFIX
+    complete: str = "auto"
+    model: str = "zero123pp-v1.2"
+    model_cache: str = ""
+    allow_download: bool = False
 
 
 @dataclass
@@ -232,10 +238,11 @@ def _cameras_with_photos(scene, req: ReconstructRequest, view_layer) -> tuple[li
             f"camera '{without[0]}' has no photo {where}",
             f"add a photo to {without[0]} or deselect it",
         )
-    if len(out) < MIN_PHOTOS:
+    least = 1 if req.complete != "off" else MIN_PHOTOS
+    if len(out) < least:
         have = f"only {len(out)} of {len(objs)} cameras has a photo" if out else f"none of the {len(objs)} cameras has a photo"
         raise ImageError(
-            f"{have} {where}; a reconstruction needs at least {MIN_PHOTOS}",
+            f"{have} {where}; a reconstruction needs at least {least}",
             "give each camera its photo as its first background image "
             "(Camera properties > Background Images), or choose a photo folder",
         )
@@ -270,6 +277,21 @@ def write_posed_set(items: list[tuple], folder: Path) -> Path:
     return path
 
 
+def _completion_weights(req: ReconstructRequest, photos: int) -> list[str]:
+    """Check the generator before a completing job starts: "on" or a single photo need its
+    weights (the engine's one-line error otherwise); "auto" with 2-4 photos only warns that the
+    unseen sides will stay empty. Returns warnings (e.g. a download about to happen)."""
+    from ..engine.errors import DependencyError
+    from .generate import check_weights
+
+    try:
+        return check_weights(req.model, req.model_cache, req.allow_download)
+    except DependencyError as e:
+        if req.complete == "on" or photos < 2:
+            raise
+        return [f"{photos} photos: the sides no photo saw will not be completed ({e.message})"]
+
+
 def prepare_reconstruct(scene, req: ReconstructRequest, view_layer=None) -> PreparedJob:
     """Check the scene and the request, write the posed set to a temporary folder, build the job.
 
@@ -281,9 +303,14 @@ def prepare_reconstruct(scene, req: ReconstructRequest, view_layer=None) -> Prep
 
     if req.quality not in QUALITY_PRESETS:
         raise InputError(f"unknown quality '{req.quality}'", f"choose one of {', '.join(QUALITY_PRESETS)}")
+    if req.complete not in ("auto", "on", "off"):
+        raise InputError(f"unknown completion mode '{req.complete}'", "choose Auto, On or Off")
     items, warnings = _cameras_with_photos(scene, req, view_layer)
     out = output_path(scene, req)
     deps.check("reconstruct")
+    complete = req.complete
+    if complete == "on" or (complete == "auto" and len(items) <= COMPLETE_MAX_PHOTOS):
+        warnings += _completion_weights(req, len(items))
     work = Path(tempfile.mkdtemp(prefix="viewforge-job-"))
     try:
         transforms = write_posed_set(items, work / "posed")
@@ -292,7 +319,8 @@ def prepare_reconstruct(scene, req: ReconstructRequest, view_layer=None) -> Prep
         if isinstance(e, OSError):
             raise OutputError(f"could not write the photos to a temporary folder ({e})", "free some disk space") from None
         raise
-    options = {"quality": req.quality, "device": req.device, "seed": int(req.seed), **req.overrides}
+    options = {"quality": req.quality, "device": req.device, "seed": int(req.seed), "complete": req.complete,
+               "model": req.model, "allow_download": bool(req.allow_download), **req.overrides}
     spec = JobSpec("reconstruct", str(transforms), str(out), options, name=out.stem)
     return PreparedJob(spec, work, scene.name, out.stem, req.keep_output, [o.name for o, _, _ in items], warnings)
 

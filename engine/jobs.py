@@ -162,7 +162,12 @@ def reconstruct_job(spec: JobSpec, progress: ProgressCallback | None = None, can
     m = res.metrics
     what = f"{m['num_faces']} faces" if m.get("num_faces") else f"{m.get('num_gaussians')} Gaussians"
     seconds = sum((m.get("seconds") or {}).values())
-    return JobResult(str(res.output), m, f"{what} from {m.get('views')} views in {seconds:.0f} s")
+    summary = f"{what} from {m.get('views')} views in {seconds:.0f} s"
+    if m.get("completion"):
+        summary += f", unseen sides generated ({m['completion'].get('generator_evals')} generator evaluations)"
+    elif m.get("completion_skipped"):
+        summary += "; the sides no photo saw were not completed (the generator's weights are missing)"
+    return JobResult(str(res.output), m, summary)
 
 
 #: Whether the ``generate`` job can run (the operator's poll and the panel use it).

@@ -180,9 +180,12 @@ def reconstruct(
     train_ids, held_ids = split_views(len(posed), config.views, config.holdout)
     train = _subset(posed, train_ids)
     held = _subset(posed, held_ids) if held_ids else None
+    skipped = None
     if config.complete == "on" or (config.complete == "auto" and len(train) <= COMPLETE_MAX_PHOTOS):
         done = _completion(transforms, posed, train_ids, train, held, gt, config, out, seconds, progress, cancel)
-        if done is not None:
+        if isinstance(done, str):
+            skipped = done
+        else:
             splats, mesh, cameras, metrics = done
             _write_outputs(out, want_mesh, mesh, splats, spath, mpath, metrics, cancel)
             return ReconResult(out, metrics, [posed.names[i] for i in train_ids], [posed.names[i] for i in held_ids],
@@ -227,6 +230,7 @@ def reconstruct(
         "holdout": len(held_ids),
         "iterations": result.iterations,
         "resolution": config.resolution,
+        **({"completion_skipped": skipped} if skipped else {}),
         "pose_views": None if result.pose_views is None else [
             {"name": v.name, "score": round(v.score, 3), "reliable": v.reliable, "rms_px": round(v.rms_px, 3)}
             for v in result.pose_views
@@ -272,8 +276,9 @@ def _write_outputs(out: Path, want_mesh: bool, mesh, splats, spath: Path | None,
 def _completion(transforms, posed: PosedSet, train_ids: list[int], train: PosedSet, held: PosedSet | None, gt,
                 config: ReconConfig, out: Path, seconds: dict[str, float], progress, cancel):
     """Few photos: the generator completes the unseen sides (engine/complete.py). Returns
-    (splats, mesh or None, cameras, metrics), or None when ``complete="auto"`` finds no generator
-    weights and there are >= 2 photos (a warning; the caller reconstructs from the photos alone)."""
+    (splats, mesh or None, cameras, metrics), or the reason as a string when ``complete="auto"``
+    finds no generator weights and there are >= 2 photos (logged as a warning; the caller
+    reconstructs from the photos alone)."""
     from .complete import CompleteConfig, complete
     from .errors import DependencyError
 
@@ -293,7 +298,7 @@ def _completion(transforms, posed: PosedSet, train_ids: list[int], train: PosedS
             raise
         log.warning("only %d photos: the sides no photo saw stay empty (%s; to complete them: %s)",
                     len(train), e.message, e.fix)
-        return None
+        return f"{e.message}; to complete them: {e.fix}"
     seconds["complete"] = time.perf_counter() - t
     seconds.update({f"complete_{k}": v for k, v in (res.metrics.get("seconds") or {}).items()})
     t = time.perf_counter()

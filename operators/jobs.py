@@ -116,6 +116,8 @@ class VIEWFORGE_OT_reconstruct(_JobOperator, bpy.types.Operator):
             selected_only=s.selected_only, photo_source=s.photo_source, photo_folder=s.photo_folder,
             quality=s.quality.lower(), device=device.lower(), seed=s.seed, output_folder=s.output_folder,
             output_name=s.output_name, keep_output=s.keep_output, overrides=overrides,
+            complete=s.complete.lower(), model=s.model, model_cache=prefs.model_cache,
+            allow_download=bool(bpy.app.online_access) and not prefs.offline,
         )  # fmt: skip
         prepared = start_reconstruct(
             context.scene, req, view_layer=context.view_layer, env=worker_env(prefs.model_cache, prefs.offline),

@@ -67,6 +67,16 @@ class ViewforgeSettings(bpy.types.PropertyGroup):
         default="BACKGROUND",
     )
     photo_folder: StringProperty(name="Photo Folder", subtype="DIR_PATH", default="")  # type: ignore[valid-type]
+    complete: EnumProperty(  # type: ignore[valid-type]
+        name="Complete Unseen Sides",
+        description="Generate the sides no photo saw with the multi-view generator (the Model below), kept aligned with the photos",
+        items=[
+            ("AUTO", "Auto", "With 1-4 photos, when the generator's weights are there (or may be downloaded)"),
+            ("ON", "On", "Always (missing weights are an error)"),
+            ("OFF", "Off", "Never: reconstruct from the photos alone (needs at least 2 photos)"),
+        ],
+        default="AUTO",
+    )
     # --- Job options
     quality: EnumProperty(  # type: ignore[valid-type]
         name="Quality",

@@ -125,7 +125,14 @@ class VIEWFORGE_PT_main(bpy.types.Panel):
                 box.prop(settings, "photo_folder")
             else:
                 n, with_photo = _count_cameras(context.scene, settings)
-                box.label(text=f"{with_photo} of {n} cameras have a photo", icon="INFO" if with_photo >= 2 else "ERROR")
+                least = 1 if settings.complete != "OFF" else 2
+                box.label(text=f"{with_photo} of {n} cameras have a photo", icon="INFO" if with_photo >= least else "ERROR")
+            box = layout.box()
+            box.label(text="Completion", icon="OUTLINER_OB_LIGHTPROBE")
+            box.prop(settings, "complete")
+            if settings.complete != "OFF":
+                box.prop(settings, "model")
+                draw_model_status(box, settings, context)
 
         box = layout.box()
         box.label(text="Options", icon="PREFERENCES")

@@ -181,7 +181,30 @@ def test_camera_without_photo(registered, tmp_path):
     # all cameras: only one has a photo -> too few
     for c in cams[1:3]:
         c.data.background_images.clear()
-    _fails(bpy, "only 1 of 4 cameras has a photo", selected_only=False)
+    _fails(bpy, "only 1 of 4 cameras has a photo", selected_only=False, complete="OFF")
+
+
+def test_few_photos_completion_needs_the_generator(registered, tmp_path, monkeypatch):
+    """1-4 photos: completion by the generator. One photo needs its weights (one clear report);
+    2-4 photos without them reconstruct the photos alone, with a warning; the job carries the
+    completion options."""
+    from viewforge.bridge.reconstruct import ReconstructRequest, prepare_reconstruct
+
+    bpy = registered
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    photos = [png_photo(bpy, tmp_path / f"p{i}.png", seed=i) for i in range(2)]
+    cams = add_cameras(bpy, 2, photos=photos)
+    out = str(tmp_path / "out")
+    prepared = prepare_reconstruct(bpy.context.scene, ReconstructRequest(output_folder=out))
+    prepared.cleanup()
+    assert prepared.spec.options["complete"] == "auto" and prepared.spec.options["model"] == "zero123pp-v1.2"
+    assert prepared.spec.options["allow_download"] is False
+    assert any("2 photos: the sides no photo saw will not be completed" in w for w in prepared.warnings)
+    text = _fails(bpy, r"Zero123\+\+ v1.2 weights", complete="ON", output_folder=out)
+    assert "Allow Online Access" in text
+    cams[1].data.background_images.clear()
+    _fails(bpy, r"Zero123\+\+ v1.2 weights", complete="AUTO")
+    _fails(bpy, "only 1 of 2 cameras has a photo.* at least 2", complete="OFF")
 
 
 def test_photos_of_different_sizes(registered, tmp_path):
@@ -592,7 +615,8 @@ def test_photos_from_a_folder_matched_by_camera_name(registered, tmp_path):
         bpy.data.images.remove(c)
     add_cameras(bpy, 3)
     before = scene_state(bpy)
-    req = ReconstructRequest(photo_source="FOLDER", photo_folder=str(folder), output_folder=str(tmp_path / "out"))
+    req = ReconstructRequest(photo_source="FOLDER", photo_folder=str(folder), output_folder=str(tmp_path / "out"),
+                             complete="off")
     prepared = prepare_reconstruct(bpy.context.scene, req)
     try:
         assert prepared.camera_names == ["Cam0", "Cam1"]

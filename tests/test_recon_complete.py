@@ -66,6 +66,7 @@ def test_missing_weights_auto_falls_back_to_the_photos(photos, tmp_path, monkeyp
     assert code == 0
     m = json.loads(metrics.read_text())
     assert "completion" not in m and m["views"] == 3 and m["num_gaussians"] > 0
+    assert "Zero123++" in m["completion_skipped"] and "--allow-download" in m["completion_skipped"]
     assert any("stay empty" in r.getMessage() and "Zero123++" in r.getMessage() for r in caplog.records)
 
 
