@@ -272,7 +272,9 @@ def _run_demo(args: argparse.Namespace, progress: ProgressBar) -> int:
 
 
 def _add_reconstruct(p: argparse.ArgumentParser) -> None:
-    p.add_argument("transforms", metavar="TRANSFORMS_JSON", help="posed set: transforms.json (or its folder)")
+    p.add_argument("transforms", metavar="TRANSFORMS_JSON",
+                   help="posed set: transforms.json (or its folder), or a folder of photos without cameras "
+                        "(their cameras are estimated by structure from motion)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file: .glb or .blend (UV-textured mesh) or .ply (3D Gaussian splats)")
     p.add_argument("--views", type=_positive_int, default=None, metavar="N",
@@ -306,6 +308,9 @@ def _add_reconstruct(p: argparse.ArgumentParser) -> None:
                    help="let completion download the generator's weights (pinned revision) when missing")
     p.add_argument("--no-rvc", action="store_true",
                    help="completion without rendering-aware velocity compensation (RVC)")
+    p.add_argument("--cameras-out", metavar="DIR", default=None,
+                   help="photos without cameras: also write the estimated posed set (transforms.json + photos) "
+                        "to this new folder")
 
 
 def _reconstruct_to(output: Path, run: Callable[[Path], object]):
@@ -342,7 +347,7 @@ def _run_reconstruct(args: argparse.Namespace, progress: ProgressBar) -> int:
     res = _reconstruct_to(
         Path(args.output),
         lambda out: reconstruct(args.transforms, out, cfg, metrics_path=args.metrics, splats_path=args.splats,
-                                progress=progress),
+                                cameras_path=args.cameras_out, progress=progress),
     )
     progress.close()
     m = res.metrics
@@ -352,6 +357,9 @@ def _run_reconstruct(args: argparse.Namespace, progress: ProgressBar) -> int:
     if m["chamfer"] is not None:
         quality += f", chamfer {m['chamfer']:.4f}, F-score {m['fscore']:.4f}"
     what = (f"{m['num_faces']} faces" if m["num_faces"] is not None else f"{m['num_gaussians']} Gaussians")
+    if m.get("sfm"):
+        f = m["sfm"]
+        what += f", cameras estimated for {len(f['registered'])} of {f['photos']} photos"
     if m.get("completion"):
         c = m["completion"]
         what += f", unseen sides completed by {c['generator']} in {c['generator_evals']} evaluations"
@@ -359,6 +367,66 @@ def _run_reconstruct(args: argparse.Namespace, progress: ProgressBar) -> int:
         f"{PROG} reconstruct: wrote {res.output} ({what} from {m['views']} views, "
         f"{sum(m['seconds'].values()):.0f} s{quality})"
     )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# poses
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_poses(p: argparse.ArgumentParser) -> None:
+    p.add_argument("photos", metavar="PHOTO_DIR", help="folder of photos of one object, without cameras")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR",
+                   help="new folder for the posed set: transforms.json + the registered photos (undistorted)")
+    p.add_argument("--metrics", metavar="M.json", default=None,
+                   help="write what was registered (per-photo reliability, unregistered photos) as JSON")
+
+
+def _run_poses(args: argparse.Namespace, progress: ProgressBar) -> int:
+    import json
+    import shutil
+    import tempfile
+
+    from .engine.errors import OutputError
+    from .engine.io.atomic import atomic_file, check_output_path
+    from .engine.recon import PHOTO_SUFFIXES, estimate_posed_set, photo_folder_images
+
+    src = Path(args.photos).expanduser()
+    if not src.is_dir():
+        raise InputError(f"{src} is not a folder", "give the folder that holds the photos")
+    photos = photo_folder_images(src)
+    if photos is None:
+        raise InputError(f"{src} already has a transforms.json (its cameras are known)",
+                         "reconstruct it directly, or give a folder of photos only")
+    if not photos:
+        raise InputError(f"{src} holds no photos", f"give a folder of photos ({', '.join(PHOTO_SUFFIXES)})")
+    out = Path(args.output).expanduser().absolute()
+    if out.exists():
+        raise OutputError(f"{out} already exists", "give a new folder for the posed set")
+    if not out.parent.is_dir():
+        raise OutputError(f"the folder {out.parent} does not exist", "create it or choose another output folder")
+    mpath = check_output_path(args.metrics, (".json",)) if args.metrics else None
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    created = False
+    try:
+        _, summary = estimate_posed_set(photos, staging / "posed", progress=progress)
+        (staging / "posed").rename(out)
+        created = True
+        if mpath is not None:
+            with atomic_file(mpath) as tmp:
+                tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    except BaseException:
+        if created:  # the folder did not exist before: nothing of the user's is in it
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    progress.close()
+    reliable = sum(v["reliable"] for v in summary["views"])
+    missed = f"; not registered: {', '.join(summary['unregistered'])}" if summary["unregistered"] else ""
+    print(f"{PROG} poses: wrote {out / 'transforms.json'} ({len(summary['registered'])} of {summary['photos']} photos "
+          f"registered, {reliable} reliable, {summary['seconds'].get('total', 0.0):.0f} s{missed})")
     return 0
 
 
@@ -534,11 +602,27 @@ COMMANDS: list[Command] = [
         "A .ply OUT is the Gaussians themselves (the standard 3D Gaussian splatting format). The "
         "result is in the cameras' frame. With --holdout K, K frames are kept out of the fit and "
         "PSNR/SSIM of the output are measured on them (on white); --metrics writes those, "
-        "chamfer/F-score with --gt-mesh, and the stage timings as JSON.",
+        "chamfer/F-score with --gt-mesh, and the stage timings as JSON. A folder of photos without "
+        "cameras gets its cameras by structure from motion first (as viewforge poses). With 1-4 "
+        "training photos the generator (--model) completes the sides no photo saw (--complete).",
         _add_reconstruct,
         _run_reconstruct,
         "example: viewforge reconstruct lego/transforms_train.json -o lego.glb --views 24 --holdout 8 "
         "--resolution 200 --metrics m.json",
+    ),
+    Command(
+        "poses",
+        "estimate the cameras of photos without cameras (structure from motion) and write a posed set",
+        "Find the camera of each photo in PHOTO_DIR by structure from motion (COLMAP through pycolmap: "
+        "SIFT features, matching, incremental mapping; one shared camera, lens distortion estimated "
+        "and removed). Writes OUT_DIR/transforms.json and the registered photos, undistorted: a posed "
+        "set that reconstruct, Blender (File > Import > Cameras from transforms.json), nerfstudio and "
+        "instant-ngp read. The frame: the object's sparse points centred at the origin, about unit "
+        "size, +Z up from the cameras' average up direction. Photos that cannot be registered are "
+        "named and left out; duplicates are dropped.",
+        _add_poses,
+        _run_poses,
+        "example: viewforge poses photos/ -o posed/ && viewforge reconstruct posed/ -o object.glb",
     ),
     Command(
         "generate",

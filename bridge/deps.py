@@ -69,6 +69,8 @@ REQUIRED: dict[str, dict[str, str]] = {
         "gsplat": "gsplat",  # its densification strategy is used on every device
     },
     "generate": {"torch": "torch", "diffusers": "diffusers", "transformers": "transformers", "safetensors": "safetensors"},
+    # photos without cameras: structure from motion
+    "poses": {"pycolmap": "pycolmap"},
 }
 
 #: Distributions not installed by the dependency installer: bundled as wheels (trimesh, plyfile),

@@ -13,6 +13,13 @@
    with :func:`.mesh.mesh_to_blender` in the scene's master collection, then pushes one undo
    step. The GLB is in the cameras' world frame, so the object sits where the cameras look.
 
+Photos without cameras (``photo_source="PHOTOS"``): every photo of the folder goes to the job,
+which estimates their cameras by structure from motion (engine/poses/sfm.py) and writes them as a
+posed set next to the output (``<name>_cameras/``: transforms.json + the undistorted photos). On
+success the cameras are created in the scene (a new collection, each with its photo as
+background image, the render resolution set to the photos') together with the mesh, as one undo
+step; the mesh sits where those cameras look.
+
 Which cameras: all scene cameras (or only the selected ones) that have a photo. A camera's photo
 is its first background image, or (``photo_source="FOLDER"``) the file in a folder whose name is
 the camera's name (any of :data:`PHOTO_SUFFIXES`, case-insensitive). With all cameras, cameras
@@ -90,6 +97,7 @@ class PreparedJob:
     keep_output: bool = True
     camera_names: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    cameras_out: Path | None = None
 
     def cleanup(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -292,6 +300,43 @@ def _completion_weights(req: ReconstructRequest, photos: int) -> list[str]:
         return [f"{photos} photos: the sides no photo saw will not be completed ({e.message})"]
 
 
+def _prepare_photos_without_cameras(scene, req: ReconstructRequest) -> PreparedJob:
+    """The job for a folder of photos without cameras (module docstring)."""
+    from ..engine.recon import PHOTO_SUFFIXES, photo_folder_images
+    from . import deps
+
+    folder = Path(_abspath(req.photo_folder)).expanduser()
+    if not req.photo_folder or not folder.is_dir():
+        raise ImageError(f"photo folder '{req.photo_folder}' does not exist", "choose the folder that holds the photos")
+    photos = photo_folder_images(folder)
+    if photos is None:
+        raise ImageError(f"{folder} has a transforms.json: its cameras are known",
+                         "import them with File > Import > Cameras from transforms.json, then reconstruct from cameras")
+    if len(photos) < 2:
+        raise ImageError(
+            f"{folder} holds {len(photos)} photo(s) ({', '.join(PHOTO_SUFFIXES)}); estimating cameras needs at least 2",
+            "add overlapping photos of the object from several sides",
+        )
+    out = output_path(scene, req)
+    deps.check("reconstruct")
+    deps.check("poses")
+    warnings: list[str] = []
+    if req.complete == "on" or (req.complete == "auto" and len(photos) <= COMPLETE_MAX_PHOTOS):
+        warnings += _completion_weights(req, len(photos))
+    cameras_out = out.with_name(f"{out.stem}_cameras")
+    k = 1
+    while cameras_out.exists():
+        cameras_out = out.with_name(f"{out.stem}_cameras_{k}")
+        k += 1
+    work = Path(tempfile.mkdtemp(prefix="viewforge-job-"))
+    options = {"quality": req.quality, "device": req.device, "seed": int(req.seed), "complete": req.complete,
+               "model": req.model, "allow_download": bool(req.allow_download), "cameras_out": str(cameras_out),
+               **req.overrides}
+    spec = JobSpec("reconstruct", str(folder), str(out), options, name=out.stem)
+    return PreparedJob(spec, work, scene.name, out.stem, req.keep_output, [p.stem for p in photos], warnings,
+                       cameras_out=cameras_out)
+
+
 def prepare_reconstruct(scene, req: ReconstructRequest, view_layer=None) -> PreparedJob:
     """Check the scene and the request, write the posed set to a temporary folder, build the job.
 
@@ -305,6 +350,8 @@ def prepare_reconstruct(scene, req: ReconstructRequest, view_layer=None) -> Prep
         raise InputError(f"unknown quality '{req.quality}'", f"choose one of {', '.join(QUALITY_PRESETS)}")
     if req.complete not in ("auto", "on", "off"):
         raise InputError(f"unknown completion mode '{req.complete}'", "choose Auto, On or Off")
+    if req.photo_source == "PHOTOS":
+        return _prepare_photos_without_cameras(scene, req)
     items, warnings = _cameras_with_photos(scene, req, view_layer)
     out = output_path(scene, req)
     deps.check("reconstruct")
@@ -331,8 +378,9 @@ def prepare_reconstruct(scene, req: ReconstructRequest, view_layer=None) -> Prep
 
 
 def import_result(prepared: PreparedJob, result, location=None) -> Any:
-    """Build the job's output mesh in the job's scene (main thread), as one undo step; ``location``
-    moves the new object (generate mode: the 3D cursor)."""
+    """Build the job's output mesh in the job's scene (main thread), and the estimated cameras
+    when the job estimated them (photos without cameras), as one undo step; ``location`` moves
+    the new object (generate mode: the 3D cursor)."""
     import bpy
 
     from ..engine.io.mesh import read_mesh
@@ -345,13 +393,38 @@ def import_result(prepared: PreparedJob, result, location=None) -> Any:
             "import the file with File > Import > glTF 2.0",
         )
     mesh = read_mesh(result.output)
-    obj = mesh_to_blender(mesh, name=prepared.object_name, collection=scene.collection, scene=scene)
+    cameras = None
+    if prepared.cameras_out is not None:
+        from .posed import import_transforms
+
+        cameras = import_transforms(prepared.cameras_out / "transforms.json", scene, set_render=True)
+    try:
+        obj = mesh_to_blender(mesh, name=prepared.object_name, collection=scene.collection, scene=scene)
+    except BaseException:
+        if cameras is not None:
+            _remove_cameras(cameras)
+        raise
     if location is not None:
         obj.location = location
     if not prepared.keep_output:
         Path(result.output).unlink(missing_ok=True)
     push_undo(f"Viewforge: {obj.name}")
     return obj
+
+
+def _remove_cameras(imported) -> None:
+    """Undo :func:`.posed.import_transforms` (an import that failed half-way)."""
+    import bpy
+
+    images = {o.data.background_images[0].image for o in imported.objects if len(o.data.background_images)}
+    for o in imported.objects:
+        data = o.data
+        bpy.data.objects.remove(o)
+        bpy.data.cameras.remove(data)
+    bpy.data.collections.remove(imported.collection)
+    for image in images:
+        if image is not None and image.users == 0:
+            bpy.data.images.remove(image)
 
 
 def push_undo(message: str) -> None:
@@ -399,6 +472,10 @@ def start_reconstruct(scene, req: ReconstructRequest, view_layer=None, env: dict
 
     def on_success(result) -> str:
         obj = import_result(prepared, result)
+        if prepared.cameras_out is not None:
+            sfm = result.metrics.get("sfm") or {}
+            return (f"Reconstructed '{obj.name}' from {len(sfm.get('registered', []))} of {len(prepared.camera_names)} "
+                    f"photos, cameras estimated and added to the scene ({result.summary})")
         return f"Reconstructed '{obj.name}' from {len(prepared.camera_names)} cameras ({result.summary})"
 
     jobs.start(handle, "reconstruct", on_success, prepared.cleanup, timer=timer)

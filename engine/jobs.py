@@ -81,7 +81,7 @@ QUALITY_PRESETS: dict[str, QualityPreset] = {
 
 #: Options a reconstruct job accepts besides the preset (ReconConfig field names).
 RECON_OPTIONS = ("quality", "resolution", "iterations", "faces", "texture_size", "device", "seed", "views", "holdout",
-                 "pose_refine", "mesh", "complete", "model", "allow_download", "rvc")
+                 "pose_refine", "mesh", "complete", "model", "allow_download", "rvc", "cameras_out")
 
 
 def recon_config(quality: str = "standard", **overrides: Any):
@@ -157,12 +157,15 @@ def reconstruct_job(spec: JobSpec, progress: ProgressCallback | None = None, can
     unknown = sorted(set(opts) - set(RECON_OPTIONS))
     if unknown:
         raise InputError(f"unknown reconstruction option(s) {', '.join(unknown)}", f"use {', '.join(RECON_OPTIONS)}")
+    cameras_out = opts.pop("cameras_out", None)
     cfg = recon_config(opts.pop("quality", "standard"), **opts)
-    res = reconstruct(spec.input, spec.output, cfg, progress=progress, cancel=cancel)
+    res = reconstruct(spec.input, spec.output, cfg, cameras_path=cameras_out, progress=progress, cancel=cancel)
     m = res.metrics
     what = f"{m['num_faces']} faces" if m.get("num_faces") else f"{m.get('num_gaussians')} Gaussians"
     seconds = sum((m.get("seconds") or {}).values())
     summary = f"{what} from {m.get('views')} views in {seconds:.0f} s"
+    if m.get("sfm", {}).get("unregistered"):
+        summary += f"; cameras not found for: {', '.join(m['sfm']['unregistered'])}"
     if m.get("completion"):
         summary += f", unseen sides generated ({m['completion'].get('generator_evals')} generator evaluations)"
     elif m.get("completion_skipped"):

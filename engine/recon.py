@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 SPLAT_SUFFIXES = (".ply",)
 #: Longer image side of the photos the feature pose refinement works on (when stored larger).
 FEATURE_RESOLUTION = 400
+#: Photo files of a folder without cameras (structure from motion).
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 #: Most training photos for which ``complete="auto"`` generates the unseen sides (issue 7).
 COMPLETE_MAX_PHOTOS = 4
 #: Values of ReconConfig.complete.
@@ -134,6 +136,37 @@ def evaluate_views(splats, posed: PosedSet | None, device: str = "auto") -> dict
     return view_scores([o["rgb"] for o in outs], posed.images, posed.masks)
 
 
+def photo_folder_images(path: str | os.PathLike) -> list[Path] | None:
+    """The photos (sorted by name) of a folder that holds no transforms.json; None for a
+    transforms.json or a folder that has one (a posed set)."""
+    p = Path(path).expanduser()
+    if not p.is_dir() or (p / "transforms.json").is_file():
+        return None
+    return sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in PHOTO_SUFFIXES)
+
+
+def estimate_posed_set(photos: list[Path], out_dir: Path, *, progress: ProgressCallback | None = None,
+                       cancel: CancelToken | None = None) -> tuple[Path, dict[str, Any]]:
+    """Photos without cameras -> their cameras by structure from motion (engine/poses/sfm.py),
+    written as a posed set in ``out_dir``; returns its transforms.json and a summary for the
+    metrics (registered, unregistered with the reason, duplicates, per-view reliability)."""
+    from .poses.sfm import SfmConfig, estimate_poses, write_sfm_result
+
+    res = estimate_poses(photos, SfmConfig(), progress=progress, cancel=cancel)
+    folder = Path(write_sfm_result(res, out_dir))
+    summary = {
+        "photos": len(photos),
+        "registered": res.registered,
+        "unregistered": dict(res.unregistered),
+        "duplicates": dict(res.duplicates),
+        "views": [{"name": n, "score": round(float(v.score), 3), "reliable": bool(v.reliable),
+                   "rms_px": round(float(v.rms_px), 3)} for n, v in zip(res.registered, res.views)],
+        "warnings": list(res.warnings),
+        "seconds": {k: round(v, 3) for k, v in res.seconds.items()},
+    }
+    return folder / "transforms.json", summary
+
+
 def reconstruct(
     transforms: str | os.PathLike,
     output: str | os.PathLike,
@@ -141,7 +174,68 @@ def reconstruct(
     *,
     metrics_path: str | os.PathLike | None = None,
     splats_path: str | os.PathLike | None = None,
+    cameras_path: str | os.PathLike | None = None,
     fit_overrides: dict[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> ReconResult:
+    """:func:`reconstruct_posed` of a posed set (``transforms``: a transforms.json or its folder),
+    or of a folder of photos without cameras: their cameras are estimated first (structure from
+    motion, :func:`estimate_posed_set`); with ``cameras_path`` that posed set (transforms.json +
+    the undistorted photos) is also written there, a folder that must not exist yet. The metrics
+    then have an ``sfm`` entry. Nothing is written at any path on failure or cancel."""
+    photos = photo_folder_images(transforms)
+    if photos is None:
+        if cameras_path is not None:
+            raise InputError("estimated cameras can only be written for a folder of photos without cameras",
+                             "give the photo folder as the input, or leave out the cameras output")
+        return reconstruct_posed(transforms, output, config, metrics_path=metrics_path, splats_path=splats_path,
+                                 fit_overrides=fit_overrides, progress=progress, cancel=cancel)
+    import shutil
+    import tempfile
+
+    if not photos:
+        raise InputError(
+            f"{transforms}: the folder has neither a transforms.json nor photos",
+            f"give a transforms.json, its folder, or a folder of photos ({', '.join(PHOTO_SUFFIXES)})",
+        )
+    check_output_path(output)
+    cam_dir = None
+    if cameras_path is not None:
+        cam_dir = Path(cameras_path).expanduser().absolute()
+        if cam_dir.exists():
+            raise OutputError(f"{cam_dir} already exists", "give a new folder for the estimated cameras")
+        if not cam_dir.parent.is_dir():
+            raise OutputError(f"the folder {cam_dir.parent} does not exist", "create it or choose another folder")
+    with tempfile.TemporaryDirectory(prefix="viewforge-sfm-") as tmp:
+        posed_path, sfm = estimate_posed_set(photos, Path(tmp) / "posed", progress=progress, cancel=cancel)
+        res = reconstruct_posed(posed_path, output, config, metrics_path=metrics_path, splats_path=splats_path,
+                                fit_overrides=fit_overrides, extra_metrics={"sfm": sfm}, progress=progress,
+                                cancel=cancel)
+        if cam_dir is not None:
+            staging = cam_dir.with_name(f".{cam_dir.name}.partial")
+            try:
+                shutil.rmtree(staging, ignore_errors=True)
+                shutil.copytree(posed_path.parent, staging)
+                staging.rename(cam_dir)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                for p in (res.output, splats_path, metrics_path):
+                    if p is not None:
+                        Path(p).unlink(missing_ok=True)
+                raise
+    return res
+
+
+def reconstruct_posed(
+    transforms: str | os.PathLike,
+    output: str | os.PathLike,
+    config: ReconConfig = ReconConfig(),
+    *,
+    metrics_path: str | os.PathLike | None = None,
+    splats_path: str | os.PathLike | None = None,
+    fit_overrides: dict[str, Any] | None = None,
+    extra_metrics: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> ReconResult:
@@ -187,6 +281,7 @@ def reconstruct(
             skipped = done
         else:
             splats, mesh, cameras, metrics = done
+            metrics.update(extra_metrics or {})
             _write_outputs(out, want_mesh, mesh, splats, spath, mpath, metrics, cancel)
             return ReconResult(out, metrics, [posed.names[i] for i in train_ids], [posed.names[i] for i in held_ids],
                                splats=splats, mesh=mesh, cameras=cameras)
@@ -237,6 +332,7 @@ def reconstruct(
         ],
         **extra,
     }
+    metrics.update(extra_metrics or {})
     _write_outputs(out, want_mesh, mesh, result.splats, spath, mpath, metrics, cancel)
     return ReconResult(out, metrics, [posed.names[i] for i in train_ids], [posed.names[i] for i in held_ids],
                        splats=result.splats, mesh=mesh, cameras=result.cameras)

@@ -63,6 +63,8 @@ class ViewforgeSettings(bpy.types.PropertyGroup):
         items=[
             ("BACKGROUND", "Background Images", "Each camera's first background image"),
             ("FOLDER", "Folder", "A folder with one photo per camera, named after the camera"),
+            ("PHOTOS", "Photos Without Cameras",
+             "A folder of photos only: their cameras are estimated (structure from motion) and added to the scene"),
         ],
         default="BACKGROUND",
     )

@@ -121,7 +121,7 @@ class VIEWFORGE_PT_main(bpy.types.Panel):
             box.label(text="Cameras", icon="CAMERA_DATA")
             box.prop(settings, "selected_only")
             box.prop(settings, "photo_source")
-            if settings.photo_source == "FOLDER":
+            if settings.photo_source in ("FOLDER", "PHOTOS"):
                 box.prop(settings, "photo_folder")
             else:
                 n, with_photo = _count_cameras(context.scene, settings)
