@@ -76,3 +76,42 @@ def disc_png(tmp_path):
     yy, xx = np.mgrid[:160, :160]
     img[(xx - 80) ** 2 + (yy - 80) ** 2 < 50**2] = [0.8, 0.3, 0.1]
     return save_png(tmp_path / "disc.png", img)
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory):
+    """Photos WITHOUT cameras for structure from motion: the demo object with a multi-scale noise
+    texture (unique detail for SIFT) rendered by the engine's mesh rasterizer from 16 cameras on
+    two rings, 256 px RGBA. Returns (true cameras, folder holding only the photos)."""
+    import math
+    from dataclasses import replace
+
+    import cv2
+    import numpy as np
+
+    from viewforge.engine.cameras import Camera, look_at
+    from viewforge.engine.demo import DemoConfig, demo_mesh
+    from viewforge.engine.images import save_png
+    from viewforge.engine.mesh.raster import render_textured
+
+    rng = np.random.default_rng(0)
+    size = 1024
+    lum = np.zeros((size, size), np.float32)
+    for cell, amp in ((12, 0.6), (48, 0.4)):
+        small = rng.random((size // cell + 1, size // cell + 1)).astype(np.float32)
+        lum += amp * cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)[:size, :size]
+    lum = np.clip((lum - lum.mean()) / (3 * lum.std()) + 0.5, 0, 1)
+    hue = cv2.resize(rng.random((5, 5, 3)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+    texture = (np.clip(lum[..., None] * (0.5 + 0.5 * hue), 0, 1) * 255).astype(np.uint8)
+    mesh = replace(demo_mesh(DemoConfig(segments=64, rings=40, texture_size=64)), texture=texture)
+    folder = tmp_path_factory.mktemp("photos_without_cameras")
+    px, f = 256, 0.5 * 256 / math.tan(math.radians(20.0))
+    cams = []
+    for k in range(16):
+        az, el = 2 * math.pi * k / 16, math.radians((15.0, 35.0)[k % 2])
+        eye = np.array([3.4 * math.cos(el) * math.cos(az), 3.4 * math.cos(el) * math.sin(az), 1.0 + 3.4 * math.sin(el)])
+        cam = Camera(f, f, px / 2, px / 2, px, px, look_at(eye, (0, 0, 1.0)), name=f"v{k:02d}")
+        rgb, alpha = render_textured(mesh, cam, supersample=2)
+        save_png(folder / f"{cam.name}.png", rgb, alpha)
+        cams.append(cam)
+    return cams, folder

@@ -629,3 +629,41 @@ def test_photos_from_a_folder_matched_by_camera_name(registered, tmp_path):
     finally:
         prepared.cleanup()
     assert not prepared.work_dir.exists()
+
+
+def test_photos_without_cameras_become_cameras_and_a_mesh(registered, photo_folder, tmp_path):
+    """Photos Without Cameras: structure from motion in the job; the estimated cameras (each with
+    its photo) and the mesh arrive together as one undo step; bad folders are one clear report."""
+    pytest.importorskip("pycolmap")
+    bpy = registered
+    if not _mesh_stage_available():
+        pytest.skip("the mesh stage is not in this tree yet")
+    _, folder = photo_folder
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.png").write_bytes(next(folder.glob("*.png")).read_bytes())
+    _fails(bpy, "holds 1 photo", photo_source="PHOTOS", photo_folder=str(one), output_folder=str(tmp_path / "out"))
+    _fails(bpy, "does not exist", photo_folder=str(tmp_path / "nowhere"))
+    s = bpy.context.scene.viewforge
+    s.photo_folder = str(folder)
+    s.quality, s.device = "DRAFT", "CPU"
+    s.resolution, s.iterations, s.faces, s.texture_size = 48, 80, 2000, 256
+    s.output_name = "sfm"
+    before = {o.name for o in bpy.data.objects}
+    bpy.ops.ed.undo_push(message="scene ready")
+    state = scene_state(bpy)
+    assert bpy.ops.viewforge.reconstruct() == {"FINISHED"}
+    new = [o for o in bpy.data.objects if o.name not in before]
+    meshes, cams = [o for o in new if o.type == "MESH"], [o for o in new if o.type == "CAMERA"]
+    assert [o.name for o in meshes] == ["sfm"] and len(cams) == 16
+    assert all(len(c.data.background_images) and c.data.background_images[0].image is not None for c in cams)
+    scene = bpy.context.scene
+    assert (scene.render.resolution_x, scene.render.resolution_y) == (256, 256)
+    assert (tmp_path / "out" / "sfm_cameras" / "transforms.json").is_file()
+    # the mesh sits where the estimated cameras look: every camera sees the object's centre in front
+    centre = world_vertices(meshes[0]).mean(0)
+    for c in cams:
+        local = np.linalg.inv(np.array(c.matrix_world)) @ np.append(centre, 1.0)
+        assert local[2] < 0  # Blender cameras look down -Z
+    bpy.ops.ed.undo()
+    assert scene_state(bpy) == state

@@ -1,0 +1,69 @@
+"""Photos without cameras through the command line: `viewforge poses` writes a posed set whose
+cameras match the true ones, `viewforge reconstruct PHOTO_DIR` estimates them first (and writes
+them with --cameras-out); bad folders are one-line errors that leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+pytest.importorskip("pycolmap")
+
+from viewforge.cli import main  # noqa: E402
+
+
+def test_poses_writes_a_posed_set_with_the_true_cameras(photo_folder, tmp_path, capsys):
+    from viewforge.engine.io.posed import load_posed_set
+    from viewforge.engine.poses.evaluate import rotation_errors
+
+    cams, folder = photo_folder
+    out, metrics = tmp_path / "posed", tmp_path / "sfm.json"
+    assert main(["poses", str(folder), "-o", str(out), "--metrics", str(metrics)]) == 0, capsys.readouterr().err
+    assert "16 of 16 photos registered" in capsys.readouterr().out
+    posed = load_posed_set(out / "transforms.json")
+    truth = {c.name: c for c in cams}
+    _, aligned = rotation_errors(posed.cameras, [truth[n.split("_", 1)[-1]] for n in posed.names])
+    assert len(posed) == 16 and aligned < 1.5, aligned  # measured 0.96 degrees (256 px, 16 views)
+    m = json.loads(metrics.read_text())
+    assert m["photos"] == 16 and m["unregistered"] == {} and all(v["reliable"] for v in m["views"])
+    # the output folder exists now: refused, nothing changed
+    before = sorted(p.name for p in out.rglob("*"))
+    assert main(["poses", str(folder), "-o", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_poses_bad_folders(photo_folder, tmp_path, capsys):
+    _, folder = photo_folder
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(next(folder.glob("*.png")), one)
+    for args, words in (
+        ([str(tmp_path / "nowhere")], "is not a folder"),
+        ([str(tmp_path / "one")], "at least 2 overlapping photos"),
+        ([str(tmp_path)], "holds no photos"),
+    ):
+        code = main(["poses", *args, "-o", str(tmp_path / "out")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and words in err.lower() and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "out").exists()
+
+
+def test_reconstruct_a_photo_folder(photo_folder, tmp_path, capsys):
+    from viewforge.engine.io.posed import load_posed_set
+
+    _, folder = photo_folder
+    out, cams_dir, metrics = tmp_path / "obj.ply", tmp_path / "cams", tmp_path / "m.json"
+    code = main(["reconstruct", str(folder), "-o", str(out), "--cameras-out", str(cams_dir), "--metrics", str(metrics),
+                 "--resolution", "64", "--iterations", "150", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert "cameras estimated for 16 of 16 photos" in capsys.readouterr().out
+    m = json.loads(metrics.read_text())
+    assert m["views"] == 16 and len(m["sfm"]["registered"]) == 16 and m["num_gaussians"] > 1000
+    assert len(load_posed_set(cams_dir / "transforms.json")) == 16 and out.is_file()
+    # --cameras-out with a posed set (cameras known) is refused before any work
+    code = main(["reconstruct", str(cams_dir), "-o", str(tmp_path / "b.ply"), "--cameras-out", str(tmp_path / "c2")])
+    assert code == 2 and "folder of photos without cameras" in capsys.readouterr().err
+    assert not (tmp_path / "b.ply").exists() and not (tmp_path / "c2").exists()
