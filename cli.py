@@ -548,7 +548,7 @@ def _run_eval(args: argparse.Namespace, progress: ProgressBar) -> int:
 
 
 def _add_batch(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", metavar="INPUT_DIR", help="folder of posed sets (sub-folders with transforms.json) and images")
+    p.add_argument("input", metavar="INPUT_DIR", help="folder of posed sets (sub-folders with transforms.json), folders of photos without cameras, and images")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder (created; its parent must exist)")
     p.add_argument("--quality", choices=("draft", "standard", "high"), default="standard",
                    help="quality preset: fit resolution, steps, face budget, texture size (default standard)")
@@ -666,7 +666,8 @@ COMMANDS: list[Command] = [
         "batch",
         "run one job per posed set or image in a folder; print a summary table",
         "Run one job per input of INPUT_DIR: a folder holding transforms.json is one posed set; "
-        "otherwise each sub-folder with a transforms.json is reconstructed and each image (.png, .jpg, "
+        "otherwise each sub-folder with a transforms.json is reconstructed, each sub-folder of photos "
+        "without one is reconstructed after structure from motion, and each image (.png, .jpg, "
         ".webp) is generated from (as viewforge generate, with the default model). Each job runs "
         "in its own worker process and writes OUT_DIR/<name>.<format>; a failed job does not stop the "
         "others. Prints a table of the jobs; exits 1 if any failed.",

@@ -1,8 +1,10 @@
 """Headless batch: one job per input in a folder (``viewforge batch INPUT_DIR -o OUT_DIR``).
 
 Inputs (:func:`find_inputs`): a folder that holds ``transforms.json`` is one posed set (a
-``reconstruct`` job); otherwise each sub-folder holding a ``transforms.json`` is a posed set and
-each image file (:data:`IMAGE_SUFFIXES`) directly in it is a ``generate`` job (one image -> a
+``reconstruct`` job); otherwise each sub-folder holding a ``transforms.json`` is a posed set, each
+sub-folder holding at least two photos and no ``transforms.json`` is a ``reconstruct`` job whose
+cameras are estimated first (structure from motion, :func:`~viewforge.engine.recon.reconstruct`),
+and each image file (:data:`IMAGE_SUFFIXES`) directly in it is a ``generate`` job (one image -> a
 mesh standing on z = 0, :func:`~viewforge.engine.jobs.generate_job`). Other files are
 ignored. Each job writes ``OUT_DIR/<name>.<format>`` (names made unique) atomically.
 
@@ -87,6 +89,8 @@ class BatchRow:
 
 def find_inputs(input_dir: str | os.PathLike) -> list[BatchItem]:
     """The jobs for ``input_dir`` (see the module docstring), sorted by name."""
+    from .recon import photo_folder_images
+
     root = Path(input_dir).expanduser().absolute()
     if not root.is_dir():
         what = "is a file" if root.exists() else "does not exist"
@@ -97,12 +101,15 @@ def find_inputs(input_dir: str | os.PathLike) -> list[BatchItem]:
     for p in sorted(root.iterdir(), key=lambda q: q.name.lower()):
         if p.is_dir() and (p / TRANSFORMS).is_file():
             items.append(BatchItem(p.name, "reconstruct", p / TRANSFORMS))
+        elif p.is_dir() and len(photo_folder_images(p) or []) >= 2:
+            items.append(BatchItem(p.name, "reconstruct", p))  # photos without cameras
         elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
             items.append(BatchItem(p.stem, "generate", p))
     if not items:
         raise InputError(
             f"input folder {root} holds no posed sets and no images",
-            f"put folders with a {TRANSFORMS} (and their photos) or image files ({', '.join(IMAGE_SUFFIXES)}) in it",
+            f"put folders with a {TRANSFORMS} (and their photos), folders of photos, or image files "
+            f"({', '.join(IMAGE_SUFFIXES)}) in it",
         )
     return items
 

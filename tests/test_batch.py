@@ -34,6 +34,14 @@ def test_find_inputs(batch_input, tmp_path):
     assert items[2].path == batch_input / "my ball" / "transforms.json"
     # a folder that is itself a posed set is one job
     assert [(i.name, i.kind) for i in find_inputs(batch_input / "my ball")] == [("my ball", "reconstruct")]
+    # a sub-folder of >= 2 photos without transforms.json: reconstruct, cameras estimated by SfM
+    photos = tmp_path / "in" / "shoot"
+    photos.mkdir(parents=True)
+    for i, img in enumerate(sorted((batch_input / "my ball" / "images").iterdir())[:3]):
+        shutil.copy(img, photos / f"IMG_{i}.png")
+    (tmp_path / "in" / "lonely").mkdir()
+    shutil.copy(img, tmp_path / "in" / "lonely" / "one.png")  # one photo: not a job
+    assert [(i.name, i.kind, i.path) for i in find_inputs(tmp_path / "in")] == [("shoot", "reconstruct", photos)]
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no posed sets and no images"):
         find_inputs(tmp_path / "empty")
