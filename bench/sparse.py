@@ -17,7 +17,9 @@ box centre at the origin, longest side 2, +Z up):
 - **Methods**: recon (fit the photos only, the existing fit + mesh stage, the same fit budget as
   completion), complete (engine/complete.py, RVC off), complete_rvc (RVC on, lambda 0.1).
 - **Pose refinement** (perturbed rows): engine/poses/sparse.py ``refine_cameras_to_model`` once
-  the model exists, then a refit; while that module is absent, rot_err_after = rot_err_before.
+  the model exists (photos + generated views; for recon the photos' model), then the rig is
+  re-placed from the refined reference camera and the model refitted from scratch; while that
+  module is absent, rot_err_after = rot_err_before.
 
 Columns: rot_err_before/after: median rotation error (degrees) of the input cameras used vs the
 true ones; psnr_heldout: the splats at 8 cameras around the object (azimuths 15 + 45 k,
@@ -112,8 +114,7 @@ def run_recon(photos: PosedSet, settings: dict, refine: bool, seed: int):
         if new is not None:
             cams = new
             ph = PosedSet(cams, ph.images, ph.masks, ph.names)
-            splats = fit_splats(ph, replace(cfg, iterations=settings["warm_iterations"], densify=False),
-                                init=splats).splats
+            splats = fit_splats(ph, cfg).splats  # refit from scratch, as completion does
     return splats, ph, cams, note
 
 

@@ -22,8 +22,9 @@ cameras' frame (issue 7, seed 001 ReconViaGen; docs/completion.md has the math).
 5. **Sampling** (engine/sampling/aware.py) with the rig at those cameras and *all* photos as
    anchors at their own cameras (weight ``photo_weight``; generated views weight 1), RVC on by
    default (engine/sampling/rvc.py).
-6. Optionally the cameras are refined against the model (engine/poses/sparse.py, when present)
-   and the model refitted; then the mesh stage (engine/mesh) bakes the photos and the views.
+6. Optionally the cameras are refined against the model (engine/poses/sparse.py, when present),
+   the rig re-placed from the refined reference camera and the model refitted (plus one RVC
+   correction when RVC is on); then the mesh stage (engine/mesh) bakes the photos and the views.
 """
 
 from __future__ import annotations
@@ -450,8 +451,20 @@ def complete(
             cams = [c.resized(p.width, p.height) for c, p in zip(new, photos.cameras)]
             photos = PosedSet(cams, photos.images, photos.masks, photos.names, photos.meta)
             anchors = anchors_of(photos, config.photo_weight)
-            splats = fit_anchored(res.views, res.cameras, anchors, iterations=config.warm_iterations, init=splats,
-                                  config=scfg, seed=config.seed + 17, cancel=cancel)
+            # the generator drew its views for the reference photo's true pose: re-place the rig
+            # from the refined reference camera, then refit photos + views from scratch (a warm start
+            # from the model at the old placement recovers too slowly)
+            lay = layout(photos, gen.cameras(), gen.reference_camera(), reference=lay.reference, fill=config.fill)
+            splats = fit_anchored(res.views, lay.placement.cameras, anchors,
+                                  iterations=config.fit_iterations + config.warm_iterations, init=None, config=scfg,
+                                  seed=config.seed + 17, cancel=cancel)
+            if rvc is not None:  # the final correction against the photos at their refined cameras
+                from .sampling.rvc import compensate
+
+                comp = compensate(splats, anchors, lay.placement.cameras, rvc, fit=scfg.fit, seed=config.seed + 19,
+                                  cancel=cancel)
+                splats = comp.splats
+                res.rvc.append({"t": 0, "after_refinement": True, **comp.report()})
         seconds["refine_cameras"] = time.perf_counter() - t
     check(cancel)
     metrics: dict[str, Any] = {
@@ -473,10 +486,11 @@ def complete(
 
         t = time.perf_counter()
         views = res.views
-        bake = PosedSet(list(photos.cameras) + list(res.cameras),
+        rig = lay.placement.cameras
+        bake = PosedSet(list(photos.cameras) + list(rig),
                         list(photos.images) + [np.ascontiguousarray(v[..., :3]) for v in views],
                         list(photos.masks) + [np.ascontiguousarray(v[..., 3]) for v in views],
-                        list(photos.names) + [c.name or f"view{i}" for i, c in enumerate(res.cameras)])
+                        list(photos.names) + [c.name or f"view{i}" for i, c in enumerate(rig)])
         mcfg = replace(MeshConfig(faces=config.faces, texture_size=config.texture_size, device=config.device),
                        **config.mesh)
         name = out.stem if out is not None else "viewforge_completion"
