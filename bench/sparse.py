@@ -4,7 +4,8 @@
 For Duck, Avocado and DamagedHelmet (../shared/data/meshes, normalised as render-views does:
 box centre at the origin, longest side 2, +Z up):
 
-- **Photos** (``--photos 2,4``): unlit renders of the textured mesh, 160 px, FoV 35, distance 4,
+- **Photos** (``--photos 2,4``): unlit renders of the textured mesh, 480 px (used at 160 px by the
+  fits, at 480 by the pose refinement), FoV 35, distance 4,
   all on the FRONT side of the object (the -Y side; Blender's front view), so the back is seen by
   no photo and completion has something to complete: 2 photos at azimuths -25 / +25 degrees,
   elevation 15; 4 photos at -50 / -15 / +15 / +50, elevations 10 / 30 / 10 / 30.
@@ -63,6 +64,9 @@ COLUMNS = ("object", "photos", "cameras", "method", "rot_err_before", "rot_err_a
            "chamfer", "fscore")
 LAYOUTS = {2: [(-25, 15), (25, 15)], 4: [(-50, 10), (-15, 30), (15, 10), (50, 30)]}
 PHOTO_SIZE, PHOTO_DIST, PHOTO_FOV = 160, 4.0, 35.0
+#: Photos are rendered at this size; the fits use them at PHOTO_SIZE, the pose refinement at up
+#: to 512 px (SIFT finds too little on 160 px thumbnails).
+PHOTO_RENDER = 480
 RIG_DIST, RIG_FOV = 4.5, 30.0
 
 
@@ -80,7 +84,7 @@ def _white(v: np.ndarray) -> np.ndarray:
 
 
 def photos_of(mesh: Mesh, n: int) -> PosedSet:
-    cams = [orbit_camera(a, e, PHOTO_DIST, PHOTO_FOV, PHOTO_SIZE, f"photo{i}") for i, (a, e) in enumerate(LAYOUTS[n])]
+    cams = [orbit_camera(a, e, PHOTO_DIST, PHOTO_FOV, PHOTO_RENDER, f"photo{i}") for i, (a, e) in enumerate(LAYOUTS[n])]
     rend = [render_rgba(mesh, c) for c in cams]
     return PosedSet(cams, [np.ascontiguousarray(r[..., :3]) for r in rend],
                     [np.ascontiguousarray(r[..., 3]) for r in rend], [c.name for c in cams])
@@ -110,9 +114,9 @@ def run_recon(photos: PosedSet, settings: dict, refine: bool, seed: int):
     splats = fit_splats(ph, cfg).splats
     cams, note = list(ph.cameras), None
     if refine:
-        new, note = _refine(ph, splats, None, None)
+        new, note = _refine(prepare_photos(photos, 512), splats, None, None)
         if new is not None:
-            cams = new
+            cams = [c.resized(p.width, p.height) for c, p in zip(new, ph.cameras)]
             ph = PosedSet(cams, ph.images, ph.masks, ph.names)
             splats = fit_splats(ph, cfg).splats  # refit from scratch, as completion does
     return splats, ph, cams, note

@@ -51,6 +51,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 COMPLETE_SUFFIXES = (".glb", ".ply")
+#: Longer side (pixels, never upsampled) of the photos given to the pose refinement.
+REFINE_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -444,7 +446,9 @@ def complete(
     refine_note = None
     if config.refine_cameras:
         t = time.perf_counter()
-        new, refine_note = _refine(photos, splats, progress, cancel)
+        # the refinement matches features: it gets the photos at up to REFINE_SIZE px, not the fit's size
+        sharp = prepare_photos(posed, REFINE_SIZE) if REFINE_SIZE > config.photo_size else photos
+        new, refine_note = _refine(sharp, splats, progress, cancel)
         if new is None:
             log.warning(refine_note)
         else:
