@@ -75,6 +75,9 @@ def main() -> int:
     ap.add_argument("--json", metavar="PATH", default=None)
     ap.add_argument("--cache", default="/tmp/viewforge_bench_poses", help="--method sparse: fitted model cache")
     ap.add_argument("--photos", type=int, default=4, help="--method sparse: photos refined")
+    ap.add_argument("--sparse-iterations", type=int, default=3, help="--method sparse: render-match-PnP rounds")
+    ap.add_argument("--perturb-seed", type=int, default=None, help="--method sparse: perturbation seed (default --seed)")
+    ap.add_argument("--no-track", action="store_true", help="--method sparse: SIFT in every round (no tracking)")
     args = ap.parse_args()
     if not LEGO.exists():
         print(f"needs {LEGO}", file=sys.stderr)
@@ -214,21 +217,23 @@ def bench_sparse(args) -> int:
         write_splat_ply(model, cache)
     fit_s = time.perf_counter() - t
     true = [posed.cameras[i] for i in test]
-    noisy = perturb_cameras(true, args.degrees, args.fraction, args.seed)
+    pseed = args.seed if args.perturb_seed is None else args.perturb_seed
+    noisy = perturb_cameras(true, args.degrees, args.fraction, pseed)
     photos = PosedSet(noisy, [posed.images[i] for i in test], [posed.masks[i] for i in test],
                       [posed.names[i] for i in test])
     before = rotation_errors(noisy, true)
     rows = []
     for stage, photometric in (("pnp", False), ("pnp+photometric", True)):
         cfg = SparseRefineConfig(device="cpu", photometric=photometric, photometric_size=args.resolution,
-                                 seed=args.seed)
+                                 iterations=args.sparse_iterations, track_rounds=not args.no_track, seed=args.seed)
         res = refine_cameras_to_model(photos, model, cfg)
         after = rotation_errors(res.cameras, true)
         centre = float(np.median([np.linalg.norm(a.center - b.center) / np.linalg.norm(b.center)
                                   for a, b in zip(res.cameras, true)]) * 100)
-        rows.append(dict(scene="lego", method=f"sparse:{stage}", fit_views=len(train), photos=len(test),
+        rows.append(dict(scene="lego", method=f"sparse:{stage}", rounds=args.sparse_iterations,
+                         tracking=not args.no_track, fit_views=len(train), photos=len(test),
                          resolution=args.resolution, iterations=args.iterations, degrees=args.degrees,
-                         fraction=args.fraction, rot_err_before=round(before[0], 3),
+                         fraction=args.fraction, perturb_seed=pseed, rot_err_before=round(before[0], 3),
                          rot_err_before_aligned=round(before[1], 3), rot_err_after=round(after[0], 3),
                          rot_err_after_aligned=round(after[1], 3), centre_err_pct=round(centre, 3),
                          reliable_views=sum(v.reliable for v in res.views),
