@@ -76,7 +76,10 @@ def capture(tmp_path_factory):
 @pytest.fixture(scope="module")
 def result(capture):
     cams, paths = capture
-    return estimate_poses(paths, SfmConfig(num_threads=2))
+    events = []
+    res = estimate_poses(paths, SfmConfig(num_threads=2), progress=events.append)
+    res.events = events
+    return res
 
 
 def test_sfm_recovers_the_synthetic_rig(capture, result):
@@ -105,6 +108,8 @@ def test_sfm_recovers_the_synthetic_rig(capture, result):
     assert result.posed.masks is not None and len(result.posed) == N_VIEWS
     assert result.posed.cameras[0].distortion is None  # undistorted, pinhole
     assert set(result.seconds) >= {"features", "matching", "mapping", "total"}
+    fractions = [e.fraction for e in result.events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and {e.stage for e in result.events} == {"sfm"}
 
 
 def test_sfm_world_frame_is_artist_friendly(result):
@@ -162,6 +167,34 @@ def test_sfm_one_photo_or_identical_photos_is_an_error(capture, tmp_path):
     shutil.copy(paths[0], copy)
     with pytest.raises(InputError, match="at least 2 distinct"):
         estimate_poses([paths[0], copy])
+
+
+def test_sfm_photos_without_alpha(capture, tmp_path):
+    """Plain RGB photos (no alpha, no masks): still registered, no masks in the posed set."""
+    from viewforge.engine.images import load_image
+
+    cams, paths = capture
+    plain = []
+    for p in paths[::2] + paths[1::2]:
+        rgb, alpha = load_image(p)
+        plain.append(save_png(tmp_path / p.name, rgb * alpha[..., None] + (1 - alpha[..., None])))
+    res = estimate_poses(plain, SfmConfig(num_threads=2))
+    assert len(res.registered) >= N_VIEWS - 1 and res.posed.masks is None
+    by_name = {c.name: c for c in cams}
+    assert rotation_errors(res.cameras, [by_name[n] for n in res.registered])[1] < 2.0
+    assert res.registered[0] == "v00"  # input order, which sets the heading: v00 on -Y
+    assert abs(res.cameras[0].center[0]) < 1e-6
+
+
+def test_sfm_cancel_and_progress(capture):
+    from viewforge.engine.errors import Cancelled
+    from viewforge.engine.progress import CancelToken
+
+    _, paths = capture
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        estimate_poses(paths, cancel=token)
 
 
 def test_sfm_nothing_registers_is_an_error(tmp_path):

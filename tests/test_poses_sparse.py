@@ -13,7 +13,7 @@ import pytest
 
 from viewforge.engine.cameras import Camera, look_at, rotation_angle_deg
 from viewforge.engine.demo import DemoConfig, demo_mesh
-from viewforge.engine.errors import Cancelled, InputError
+from viewforge.engine.errors import Cancelled
 from viewforge.engine.io.types import PosedSet
 from viewforge.engine.mesh.raster import sample_bilinear
 from viewforge.engine.poses.evaluate import perturb_cameras, rotation_errors
@@ -127,11 +127,13 @@ def test_photometric_second_stage_runs_and_keeps_accuracy(scene):
     assert rotation_angle_deg(res.cameras[0].R, cams[0].R) < 0.3
 
 
-def test_cancel_and_empty_input(scene):
+def test_cancel_and_progress(scene):
     model, cams, images, masks = scene
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):
         refine_cameras_to_model(PosedSet(cams[:1], images[:1], masks[:1]), model, cancel=token)
-    with pytest.raises(InputError):
-        refine_cameras_to_model(type("Empty", (), {"__len__": lambda self: 0})(), model)
+    events = []
+    refine_cameras_to_model(PosedSet(cams[:2], images[:2], masks[:2]), model,
+                            SparseRefineConfig(device="cpu", iterations=1), progress=events.append)
+    assert [e.stage for e in events] == ["poses", "poses"] and events[-1].fraction == 1.0
