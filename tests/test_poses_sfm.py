@@ -198,11 +198,16 @@ def test_sfm_cancel_and_progress(capture):
 
 
 def test_sfm_nothing_registers_is_an_error(tmp_path):
+    import tempfile
+    from pathlib import Path
+
     rng = np.random.default_rng(0)
     paths = [save_png(tmp_path / f"n{i}.png", rng.random((128, 128, 3)).astype(np.float32)) for i in range(3)]
+    before = set(Path(tempfile.gettempdir()).glob("viewforge_sfm_*"))
     with pytest.raises(InputError, match="structure from motion") as e:
         estimate_poses(paths, SfmConfig(num_threads=2))
     assert "Fix:" in str(e.value)
+    assert set(Path(tempfile.gettempdir()).glob("viewforge_sfm_*")) <= before  # work folder removed
 
 
 def test_view_graph_filter_drops_contradicting_pairs():

@@ -427,7 +427,10 @@ def estimate_poses(
     seconds["load"] = time.perf_counter() - t_start
 
     pycolmap = _pycolmap()
-    pycolmap.logging.minloglevel = 2  # COLMAP's own INFO/WARNING lines stay out of the terminal
+    # COLMAP's own log lines (glog, also its "E..." lines for a failed model, which this function
+    # turns into typed errors) stay out of the terminal while it runs; restored afterwards.
+    previous_level = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = 3
     pycolmap.set_random_seed(int(config.seed))
     work = Path(tempfile.mkdtemp(prefix="viewforge_sfm_"))
     try:
@@ -672,6 +675,7 @@ def estimate_poses(
         return SfmResult(out_cams, posed, unregistered, duplicates, views, pts_out, cols, to_output, warnings, seconds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        pycolmap.logging.minloglevel = previous_level
 
 
 def _silhouette_failures(recon, index_of: dict[str, int], alphas, max_outside: float) -> dict[int, float]:
