@@ -537,9 +537,18 @@ def estimate_poses(
         masks_all = all(alphas[i] is not None for i in keep)
         banned: dict[str, str] = {}
         recon, other_models = None, []
+        bad: dict[int, float] = {}
+
+        def ban(model, failures: dict[int, float]) -> None:
+            for image_id, frac in failures.items():
+                banned[model.image(image_id).name] = (
+                    f"its pose contradicts the silhouettes of {100 * frac:.0f}% of the other photos "
+                    "(symmetric or repeated structure)"
+                )
+
         for round_ in range(max(0, config.silhouette_rounds) + 1):
             check(cancel)
-            report(progress, "sfm", 6 + round_, 10, "mapping")
+            report(progress, "sfm", min(9, 6 + round_), 10, "mapping")
             out_dir = work / f"sparse_{round_}"
             out_dir.mkdir()
             options = pycolmap.IncrementalPipelineOptions()
@@ -555,7 +564,9 @@ def estimate_poses(
             with _CancelBridge(pycolmap, cancel) as token:
                 models = pycolmap.incremental_mapping(db_path, img_dir, out_dir, options, cancellation_token=token)
             models = sorted(models.values(), key=lambda r: -r.num_reg_images())
-            if not models:
+            if not models:  # re-mapping failed: keep the previous model without its wrong photos
+                if recon is not None:
+                    ban(recon, bad)
                 break
             recon, other_models = models[0], models[1:]
             if not (masks_all and config.silhouette_max_outside > 0):
@@ -564,11 +575,7 @@ def estimate_poses(
             if not bad:
                 break
             if round_ == config.silhouette_rounds:
-                for image_id, frac in bad.items():
-                    banned[recon.image(image_id).name] = (
-                        f"its pose contradicts the silhouettes of {100 * frac:.0f}% of the other photos "
-                        "(symmetric or repeated structure)"
-                    )
+                ban(recon, bad)
                 break
             _drop_pairs_supporting(pycolmap, db_path, recon, bad, kept_pairs, config.graph_max_residual_deg)
         seconds["mapping"] = time.perf_counter() - t0
@@ -617,6 +624,12 @@ def estimate_poses(
         if rest:
             warn("structure from motion could not place: " + "; ".join(f"{n}: {unregistered[n]}" for n in rest))
 
+        if len(reg) < 2:
+            raise InputError(
+                f"structure from motion could not register any two of the {len(keep)} photos together consistently",
+                "take photos that overlap more (about 15-30 degrees apart around the object), of a textured, "
+                "non-shiny object, in focus",
+            )
         order_reg = sorted(reg)
         cams_colmap: list[Camera] = []
         views: list[ViewReliability] = []
