@@ -75,6 +75,10 @@ def main() -> int:
     ap.add_argument("--json", metavar="PATH", default=None)
     ap.add_argument("--cache", default="/tmp/viewforge_bench_poses", help="--method sparse: fitted model cache")
     ap.add_argument("--photos", type=int, default=4, help="--method sparse: photos refined")
+    ap.add_argument("--posed", default=None,
+                    help="--method sparse: another posed set (transforms.json or its folder, e.g. from "
+                         "`viewforge render-views Duck.glb`): the photos refined are spread evenly, the "
+                         "model is fitted on --views of the others")
     ap.add_argument("--sparse-iterations", type=int, default=3, help="--method sparse: render-match-PnP rounds")
     ap.add_argument("--perturb-seed", type=int, default=None, help="--method sparse: perturbation seed (default --seed)")
     ap.add_argument("--no-track", action="store_true", help="--method sparse: SIFT in every round (no tracking)")
@@ -200,10 +204,17 @@ def bench_sparse(args) -> int:
     from viewforge.engine.splat.model import read_splat_ply, write_splat_ply
 
     torch.set_num_threads(2)
-    posed = load_posed_set(LEGO, resolution=args.resolution)
-    train = list(range(0, len(posed), 4))[: args.views]
-    test = [i + 2 for i in np.linspace(0, len(posed) - 4, args.photos).round().astype(int)]
-    cache = Path(args.cache) / f"lego_{args.views}v_{args.resolution}px_{args.iterations}it_seed{args.seed}.ply"
+    source = Path(args.posed) if args.posed else LEGO
+    scene = source.parent.name if source.name.endswith(".json") else source.name
+    posed = load_posed_set(source, resolution=args.resolution)
+    if args.posed is None:
+        train = list(range(0, len(posed), 4))[: args.views]
+        test = [i + 2 for i in np.linspace(0, len(posed) - 4, args.photos).round().astype(int)]
+    else:
+        test = [int(i) for i in np.linspace(0, len(posed), args.photos, endpoint=False).round() + 1]
+        rest = [i for i in range(len(posed)) if i not in test]
+        train = [rest[int(k)] for k in np.linspace(0, len(rest) - 1, min(args.views, len(rest))).round()]
+    cache = Path(args.cache) / f"{scene}_{args.views}v_{args.resolution}px_{args.iterations}it_seed{args.seed}.ply"
     t = time.perf_counter()
     if cache.exists():
         model = read_splat_ply(cache)
@@ -230,7 +241,7 @@ def bench_sparse(args) -> int:
         after = rotation_errors(res.cameras, true)
         centre = float(np.median([np.linalg.norm(a.center - b.center) / np.linalg.norm(b.center)
                                   for a, b in zip(res.cameras, true)]) * 100)
-        rows.append(dict(scene="lego", method=f"sparse:{stage}", rounds=args.sparse_iterations,
+        rows.append(dict(scene=scene, method=f"sparse:{stage}", rounds=args.sparse_iterations,
                          tracking=not args.no_track, fit_views=len(train), photos=len(test),
                          resolution=args.resolution, iterations=args.iterations, degrees=args.degrees,
                          fraction=args.fraction, perturb_seed=pseed, rot_err_before=round(before[0], 3),

@@ -11,6 +11,9 @@ For each photo i with current world-to-camera pose W_i (docs/poses.md has the de
    (2 ``edge_px`` + 1)^2 window below ``max_depth_jump`` x depth, so no keypoint sits on a depth
    edge where the expected depth mixes surfaces). Mutual nearest neighbours (RootSIFT, L2) that
    pass Lowe's ratio test ``ratio``.
+   Rounds after the first follow corners of the render into the photo by Lucas-Kanade
+   (``track_rounds``). Any round with fewer than ``dense_below`` correspondences (weakly textured
+   objects) uses dense optical flow (DIS) on a grid of valid render pixels instead.
 3. Lift each matched render keypoint u (continuous pixel coordinates) to 3D with the rendered
    depth: X_c = D(u) K^-1 (u, 1)^T in the render's camera frame, X = W_i^-1 X_c in the world.
 4. ``cv2.solvePnPRansac`` (iterative solver, ``useExtrinsicGuess`` from W_i, reprojection
@@ -68,6 +71,10 @@ class SparseRefineConfig:
         (``track_window`` px window), kept when tracking back returns within ``track_fb_px``.
         After the first round the render nearly coincides with the photo, so tracking gives more,
         sub-pixel correspondences than SIFT's detector.
+    dense_below, dense_step: when a round finds fewer than ``dense_below`` correspondences (weakly
+        textured objects: Duck gives SIFT 7-12 matches), it uses dense optical flow instead (DIS,
+        OpenCV), render -> photo and back, on a ``dense_step`` px grid of valid render pixels,
+        kept where the round trip returns within ``track_fb_px``; 0 = off.
     photometric: then align the reliable views photometrically (photometric.align_cameras).
     photometric_steps, photometric_size: its L-BFGS steps and working size.
     device: device of the renders ("auto", "cpu", "cuda", "mps").
@@ -87,6 +94,8 @@ class SparseRefineConfig:
     min_inliers: int = 15
     max_rms_px: float = 1.5
     max_step_deg: float = 10.0
+    dense_below: int = 60
+    dense_step: int = 4
     track_rounds: bool = True
     track_corners: int = 3000
     track_window: int = 15
@@ -164,6 +173,38 @@ def _track(gray_r: np.ndarray, gray_p: np.ndarray, valid: np.ndarray, cfg: Spars
     return p0.reshape(-1, 2)[good].astype(np.float64), p1.reshape(-1, 2)[good].astype(np.float64)
 
 
+def _dense_flow(gray_r: np.ndarray, gray_p: np.ndarray, valid: np.ndarray, photo_mask: np.ndarray | None,
+                cfg: SparseRefineConfig):
+    """Dense correspondences for weakly textured objects: DIS optical flow render -> photo and back
+    on a ``dense_step`` px grid of valid render pixels, kept where the round trip returns within
+    ``track_fb_px`` (and, with an alpha, lands inside the photo's). Returns (render xy, photo xy)."""
+    import cv2
+
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    fwd = dis.calc(gray_r, gray_p, None)
+    bwd = dis.calc(gray_p, gray_r, None)
+    h, w = gray_r.shape
+    m = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    ys, xs = np.mgrid[0:h:cfg.dense_step, 0:w:cfg.dense_step]
+    keep = m[ys, xs]
+    xs, ys = xs[keep].astype(np.float32), ys[keep].astype(np.float32)
+    if len(xs) < 6:
+        return np.zeros((0, 2)), np.zeros((0, 2))
+    f = fwd[ys.astype(int), xs.astype(int)]
+    x1, y1 = xs + f[:, 0], ys + f[:, 1]
+    bx = cv2.remap(bwd[..., 0], x1[None], y1[None], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1e6)[0]
+    by = cv2.remap(bwd[..., 1], x1[None], y1[None], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1e6)[0]
+    good = np.hypot(x1 + bx - xs, y1 + by - ys) < cfg.track_fb_px
+    good &= (x1 >= 0) & (x1 <= w - 1) & (y1 >= 0) & (y1 <= h - 1)
+    if photo_mask is not None:
+        inside = np.zeros_like(good)
+        inside[good] = photo_mask[np.round(y1[good]).astype(int), np.round(x1[good]).astype(int)] > 0
+        good &= inside
+    r = np.stack([xs, ys], 1)[good].astype(np.float64)
+    p = np.stack([x1, y1], 1)[good].astype(np.float64)
+    return r, p
+
+
 def _refine_one(splats, cam: Camera, photo: np.ndarray, mask: np.ndarray | None, cfg: SparseRefineConfig,
                 sift, cancel) -> tuple[np.ndarray, ViewReliability, bool]:
     """Refined world-to-camera (4, 4) of one view, its reliability and whether it was accepted."""
@@ -208,20 +249,20 @@ def _refine_one(splats, cam: Camera, photo: np.ndarray, mask: np.ndarray | None,
             dmin = cv2.erode(small_d, np.ones((k, k), np.uint8))
             valid &= (dmax - dmin) < cfg.max_depth_jump * np.maximum(depth, 1e-9)
         gray_r = _gray(r["rgb"])
+        need = max(6, cfg.min_inliers)
         if cfg.track_rounds and round_ >= 1:
             ur, xp = _track(gray_r, gray_p, valid, cfg)
-            if len(ur) < max(6, cfg.min_inliers):
-                rel = ViewReliability(cam.name, int(len(ur)), float("inf"), 0.0, accepted_any)
-                break
         else:
             kp_r, desc_r = sift.detectAndCompute(gray_r, valid.astype(np.uint8) * 255)
             desc_r = _rootsift(desc_r)
             xy_r = np.array([k.pt for k in kp_r], np.float64).reshape(-1, 2)
             pairs = _mutual_ratio_matches(desc_r, desc_p, cfg.ratio)
-            if len(pairs) < max(6, cfg.min_inliers):
-                rel = ViewReliability(cam.name, int(len(pairs)), float("inf"), 0.0, accepted_any)
-                break
             ur, xp = xy_r[pairs[:, 0]], xy_p[pairs[:, 1]]
+        if len(ur) < cfg.dense_below and cfg.dense_step > 0:
+            ur, xp = _dense_flow(gray_r, gray_p, valid, photo_mask, cfg)
+        if len(ur) < need:
+            rel = ViewReliability(cam.name, int(len(ur)), float("inf"), 0.0, accepted_any)
+            break
         ix = np.clip(np.round(ur[:, 0]).astype(int), 0, w - 1)
         iy = np.clip(np.round(ur[:, 1]).astype(int), 0, h - 1)
         d = depth[iy, ix]
