@@ -236,6 +236,7 @@ def bench_sparse(args) -> int:
     rows = []
     for stage, photometric in (("pnp", False), ("pnp+photometric", True)):
         cfg = SparseRefineConfig(device="cpu", photometric=photometric, photometric_size=args.resolution,
+                                 photometric_steps=args.align_steps,
                                  iterations=args.sparse_iterations, track_rounds=not args.no_track, seed=args.seed)
         res = refine_cameras_to_model(photos, model, cfg)
         after = rotation_errors(res.cameras, true)
