@@ -1,3 +1,4 @@
-"""Camera poses: feature matches + bundle adjustment (``features.py``), photometric refinement
-against a splat model (``photometric.py``), perturbation and error helpers (``evaluate.py``);
-pose estimation from scratch by structure-from-motion comes with a later issue."""
+"""Camera poses: structure from motion for photos without cameras (``sfm.py``, pycolmap),
+feature matches + bundle adjustment among posed photos (``features.py``), refinement of a few
+photos' cameras against a model by render-match-PnP (``sparse.py``), photometric refinement
+against a splat model (``photometric.py``), perturbation and error helpers (``evaluate.py``)."""
