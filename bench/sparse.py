@@ -19,11 +19,10 @@ box centre at the origin, longest side 2, +Z up):
   completion), complete (engine/complete.py, RVC off), complete_rvc (RVC on, lambda 0.1).
 - **Pose refinement** (perturbed rows): engine/poses/sparse.py ``refine_cameras_to_model`` once
   the model exists (photos + generated views; for recon the photos' model), then the rig is
-  re-placed from the refined reference camera and the model refitted from scratch; while that
-  module is absent, rot_err_after = rot_err_before.
+  re-placed from the refined reference camera and the model refitted from scratch.
 
 Columns: rot_err_before/after: median rotation error (degrees) of the input cameras used vs the
-true ones; psnr_heldout: the splats at 8 cameras around the object (azimuths 15 + 45 k,
+true ones (absolute; the stderr rows add ``rot_err_aligned``, after the best global rotation); psnr_heldout: the splats at 8 cameras around the object (azimuths 15 + 45 k,
 elevations 0 / 30, distance 4.5, FoV 30, 128 px) against the truth, on white; psnr_inputs: the
 splats at the input cameras as used (perturbed or refined) against the photos, on white;
 chamfer / fscore: the mesh against the ground truth (engine/mesh/evaluate.py, DESIGN.md's
@@ -115,10 +114,9 @@ def run_recon(photos: PosedSet, settings: dict, refine: bool, seed: int):
     cams, note = list(ph.cameras), None
     if refine:
         new, note = _refine(prepare_photos(photos, 512), splats, None, None)
-        if new is not None:
-            cams = [c.resized(p.width, p.height) for c, p in zip(new, ph.cameras)]
-            ph = PosedSet(cams, ph.images, ph.masks, ph.names)
-            splats = fit_splats(ph, cfg).splats  # refit from scratch, as completion does
+        cams = [c.resized(p.width, p.height) for c, p in zip(new, ph.cameras)]
+        ph = PosedSet(cams, ph.images, ph.masks, ph.names)
+        splats = fit_splats(ph, cfg).splats  # refit from scratch, as completion does
     return splats, ph, cams, note
 
 
@@ -140,7 +138,7 @@ def run(obj: str, n_photos: int, cameras: str, methods: list[str], settings: dic
         photos = PosedSet(cams, true_photos.images, true_photos.masks, true_photos.names)
     else:
         photos = true_photos
-    err_before = rotation_errors(photos.cameras, true_photos.cameras)[0]
+    err_before, al_before = rotation_errors(photos.cameras, true_photos.cameras)
     refine = cameras == "perturbed"
     rows = []
     for method in methods:
@@ -159,9 +157,7 @@ def run(obj: str, n_photos: int, cameras: str, methods: list[str], settings: dic
                             list(used.images) + [np.ascontiguousarray(v[..., :3]) for v in res.views],
                             list(used.masks) + [np.ascontiguousarray(v[..., 3]) for v in res.views])
         fit_s = time.perf_counter() - t
-        err_after = rotation_errors(cams_used, true_photos.cameras)[0]
-        if refine and note != "refined":
-            err_after = err_before
+        err_after, al_after = rotation_errors(cams_used, true_photos.cameras)
         p_held = _mean_psnr(render_views(splats, held), truth_held)
         inputs = [np.concatenate([i, m[..., None]], 2) for i, m in zip(used.images, used.masks)]
         p_in = _mean_psnr(render_views(splats, used.cameras), inputs)
@@ -174,7 +170,7 @@ def run(obj: str, n_photos: int, cameras: str, methods: list[str], settings: dic
                "rot_err_before": round(err_before, 3), "rot_err_after": round(err_after, 3),
                "psnr_heldout": round(p_held, 3), "psnr_inputs": round(p_in, 3), "chamfer": chamfer, "fscore": fscore,
                "seconds": round(time.perf_counter() - t, 1), "fit_seconds": round(fit_s, 1),
-               "note": None if not refine or note == "refined" else "cameras not refined (engine/poses/sparse.py absent)"}
+               "rot_err_aligned": [round(al_before, 3), round(al_after, 3)], "note": note}
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     return rows

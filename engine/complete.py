@@ -369,24 +369,14 @@ def layout(photos: PosedSet, gen_cameras: Sequence[Camera], gen_reference: Camer
 # ---------------------------------------------------------------------------------------------
 
 
-def _refine(photos: PosedSet, splats, progress, cancel) -> tuple[list[Camera] | None, str]:
-    """Cameras refined against the model by engine/poses/sparse.py, or None when it is absent."""
-    try:
-        from .poses import sparse  # type: ignore[attr-defined]
-    except ImportError:
-        return None, "engine/poses/sparse.py is not available: cameras not refined"
-    import inspect
+def _refine(photos: PosedSet, splats, progress, cancel) -> tuple[list[Camera], str]:
+    """The photos' cameras refined against ``splats`` by render-match-PnP (engine/poses/sparse.py);
+    views without enough reliable matches keep their input pose."""
+    from .poses.sparse import SparseRefineConfig, refine_cameras_to_model
 
-    fn = sparse.refine_cameras_to_model
-    default = inspect.signature(fn).parameters.get("config")
-    cfg = None if default is None or default.default is inspect.Parameter.empty else default.default
-    if cfg is None:
-        for name in ("SparseRefineConfig", "RefineConfig", "SparseConfig"):
-            if hasattr(sparse, name):
-                cfg = getattr(sparse, name)()
-                break
-    res = fn(photos, splats, cfg, progress=progress, cancel=cancel)
-    return list(res.cameras), "refined"
+    res = refine_cameras_to_model(photos, splats, SparseRefineConfig(), progress=progress, cancel=cancel)
+    kept = sum(not v.reliable for v in res.views)
+    return list(res.cameras), "refined" if not kept else f"refined ({kept} of {len(res.views)} kept their input pose)"
 
 
 def complete(
@@ -449,26 +439,23 @@ def complete(
         # the refinement matches features: it gets the photos at up to REFINE_SIZE px, not the fit's size
         sharp = prepare_photos(posed, REFINE_SIZE) if REFINE_SIZE > config.photo_size else photos
         new, refine_note = _refine(sharp, splats, progress, cancel)
-        if new is None:
-            log.warning(refine_note)
-        else:
-            cams = [c.resized(p.width, p.height) for c, p in zip(new, photos.cameras)]
-            photos = PosedSet(cams, photos.images, photos.masks, photos.names, photos.meta)
-            anchors = anchors_of(photos, config.photo_weight)
-            # the generator drew its views for the reference photo's true pose: re-place the rig
-            # from the refined reference camera, then refit photos + views from scratch (a warm start
-            # from the model at the old placement recovers too slowly)
-            lay = layout(photos, gen.cameras(), gen.reference_camera(), reference=lay.reference, fill=config.fill)
-            splats = fit_anchored(res.views, lay.placement.cameras, anchors,
-                                  iterations=config.fit_iterations + config.warm_iterations, init=None, config=scfg,
-                                  seed=config.seed + 17, cancel=cancel)
-            if rvc is not None:  # the final correction against the photos at their refined cameras
-                from .sampling.rvc import compensate
+        cams = [c.resized(p.width, p.height) for c, p in zip(new, photos.cameras)]
+        photos = PosedSet(cams, photos.images, photos.masks, photos.names, photos.meta)
+        anchors = anchors_of(photos, config.photo_weight)
+        # the generator drew its views for the reference photo's true pose: re-place the rig
+        # from the refined reference camera, then refit photos + views from scratch (a warm start
+        # from the model at the old placement recovers too slowly)
+        lay = layout(photos, gen.cameras(), gen.reference_camera(), reference=lay.reference, fill=config.fill)
+        splats = fit_anchored(res.views, lay.placement.cameras, anchors,
+                              iterations=config.fit_iterations + config.warm_iterations, init=None, config=scfg,
+                              seed=config.seed + 17, cancel=cancel)
+        if rvc is not None:  # the final correction against the photos at their refined cameras
+            from .sampling.rvc import compensate
 
-                comp = compensate(splats, anchors, lay.placement.cameras, rvc, fit=scfg.fit, seed=config.seed + 19,
-                                  cancel=cancel)
-                splats = comp.splats
-                res.rvc.append({"t": 0, "after_refinement": True, **comp.report()})
+            comp = compensate(splats, anchors, lay.placement.cameras, rvc, fit=scfg.fit, seed=config.seed + 19,
+                              cancel=cancel)
+            splats = comp.splats
+            res.rvc.append({"t": 0, "after_refinement": True, **comp.report()})
         seconds["refine_cameras"] = time.perf_counter() - t
     check(cancel)
     metrics: dict[str, Any] = {
