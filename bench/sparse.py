@@ -48,15 +48,15 @@ sys.path.insert(0, str(REPO.parent))  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
 
-from viewforge.engine.io.mesh import read_mesh  # noqa: E402
 from viewforge.engine.io.types import Mesh, PosedSet  # noqa: E402
-from viewforge.engine.mesh.evaluate import chamfer_fscore, normalisation  # noqa: E402
+from viewforge.engine.mesh.evaluate import chamfer_fscore  # noqa: E402
 from viewforge.engine.metrics import psnr  # noqa: E402
 from viewforge.engine.mvgen.base import orbit_camera  # noqa: E402
 from viewforge.engine.mvgen.oracle import OracleConfig, PerturbedOracle, render_rgba  # noqa: E402
 from viewforge.engine.poses.evaluate import perturb_cameras, rotation_errors  # noqa: E402
 
-MESHES = REPO.parent / "shared" / "data" / "meshes"
+sys.path.insert(0, str(REPO / "bench"))
+from cvc import MESHES, _white, load_object  # noqa: E402  (the same objects, normalised the same way)
 OBJECTS = ("Duck", "Avocado", "DamagedHelmet")
 METHODS = ("recon", "complete", "complete_rvc")
 COLUMNS = ("object", "photos", "cameras", "method", "rot_err_before", "rot_err_after", "psnr_heldout", "psnr_inputs",
@@ -67,19 +67,6 @@ PHOTO_SIZE, PHOTO_DIST, PHOTO_FOV = 160, 4.0, 35.0
 #: to 512 px (SIFT finds too little on 160 px thumbnails).
 PHOTO_RENDER = 480
 RIG_DIST, RIG_FOV = 4.5, 30.0
-
-
-def load_object(name: str) -> Mesh:
-    paths = sorted(p for p in (MESHES / name).rglob("*") if p.suffix.lower() in (".glb", ".gltf"))
-    if not paths:
-        raise SystemExit(f"bench/sparse.py: no glTF mesh for {name} under {MESHES}")
-    m = read_mesh(paths[0])
-    s, off = normalisation(m)
-    return Mesh(m.vertices * s + off, m.faces, m.normals, m.uvs, m.colors, m.texture, name=name)
-
-
-def _white(v: np.ndarray) -> np.ndarray:
-    return v[..., :3] * v[..., 3:4] + (1.0 - v[..., 3:4])
 
 
 def photos_of(mesh: Mesh, n: int) -> PosedSet:

@@ -227,6 +227,22 @@ def demo_texture(size: int = 1024) -> np.ndarray:
     return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
 
 
+def noise_texture(size: int = 1024, seed: int = 0) -> np.ndarray:
+    """(size, size, 3) uint8 multi-scale luminance noise with a slow colour tint: unique detail
+    everywhere, for feature matching (structure from motion, pose refinement) on the demo shape
+    (``replace(demo_mesh(...), texture=noise_texture())``); the demo's own texture repeats."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    lum = np.zeros((size, size), np.float32)
+    for cell, amp in ((12, 0.6), (48, 0.4)):
+        small = rng.random((size // cell + 1, size // cell + 1)).astype(np.float32)
+        lum += amp * cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)[:size, :size]
+    lum = np.clip((lum - lum.mean()) / (3 * lum.std()) + 0.5, 0, 1)
+    hue = cv2.resize(rng.random((5, 5, 3)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+    return (np.clip(lum[..., None] * (0.5 + 0.5 * hue), 0, 1) * 255).astype(np.uint8)
+
+
 def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     h, s, v = np.broadcast_arrays(np.asarray(h, float), np.asarray(s, float), np.asarray(v, float))
     i = np.floor(h * 6.0).astype(int) % 6

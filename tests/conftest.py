@@ -86,24 +86,14 @@ def photo_folder(tmp_path_factory):
     import math
     from dataclasses import replace
 
-    import cv2
     import numpy as np
 
     from viewforge.engine.cameras import Camera, look_at
-    from viewforge.engine.demo import DemoConfig, demo_mesh
+    from viewforge.engine.demo import DemoConfig, demo_mesh, noise_texture
     from viewforge.engine.images import save_png
     from viewforge.engine.mesh.raster import render_textured
 
-    rng = np.random.default_rng(0)
-    size = 1024
-    lum = np.zeros((size, size), np.float32)
-    for cell, amp in ((12, 0.6), (48, 0.4)):
-        small = rng.random((size // cell + 1, size // cell + 1)).astype(np.float32)
-        lum += amp * cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)[:size, :size]
-    lum = np.clip((lum - lum.mean()) / (3 * lum.std()) + 0.5, 0, 1)
-    hue = cv2.resize(rng.random((5, 5, 3)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
-    texture = (np.clip(lum[..., None] * (0.5 + 0.5 * hue), 0, 1) * 255).astype(np.uint8)
-    mesh = replace(demo_mesh(DemoConfig(segments=64, rings=40, texture_size=64)), texture=texture)
+    mesh = replace(demo_mesh(DemoConfig(segments=64, rings=40, texture_size=64)), texture=noise_texture())
     folder = tmp_path_factory.mktemp("photos_without_cameras")
     px, f = 256, 0.5 * 256 / math.tan(math.radians(20.0))
     cams = []

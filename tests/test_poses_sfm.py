@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("pycolmap")
 
 from viewforge.engine.cameras import Camera, look_at
-from viewforge.engine.demo import DemoConfig, demo_mesh
+from viewforge.engine.demo import DemoConfig, demo_mesh, noise_texture
 from viewforge.engine.errors import InputError
 from viewforge.engine.images import save_png
 from viewforge.engine.io.posed import load_posed_set
@@ -27,22 +27,8 @@ SIZE = 256
 N_VIEWS = 16
 
 
-def _noise_texture(size: int = 1024, seed: int = 0) -> np.ndarray:
-    """Multi-scale luminance noise with a slow colour tint: unique texture everywhere (SIFT)."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    lum = np.zeros((size, size), np.float32)
-    for cell, amp in ((12, 0.6), (48, 0.4)):
-        small = rng.random((size // cell + 1, size // cell + 1)).astype(np.float32)
-        lum += amp * cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)[:size, :size]
-    lum = np.clip((lum - lum.mean()) / (3 * lum.std()) + 0.5, 0, 1)
-    hue = cv2.resize(rng.random((5, 5, 3)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
-    return (np.clip(lum[..., None] * (0.5 + 0.5 * hue), 0, 1) * 255).astype(np.uint8)
-
-
 def _object(seed: int = 0):
-    return replace(demo_mesh(DemoConfig(segments=64, rings=40, texture_size=64)), texture=_noise_texture(seed=seed))
+    return replace(demo_mesh(DemoConfig(segments=64, rings=40, texture_size=64)), texture=noise_texture(seed=seed))
 
 
 def _rig(n: int = N_VIEWS, size: int = SIZE, radius: float = 3.4, fov_deg: float = 40.0) -> list[Camera]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from viewforge.engine.cameras import Camera, look_at, rotation_angle_deg
-from viewforge.engine.demo import DemoConfig, demo_mesh
+from viewforge.engine.demo import DemoConfig, demo_mesh, noise_texture
 from viewforge.engine.errors import Cancelled
 from viewforge.engine.io.types import PosedSet
 from viewforge.engine.mesh.raster import sample_bilinear
@@ -21,19 +21,6 @@ from viewforge.engine.poses.sparse import SparseRefineConfig, refine_cameras_to_
 from viewforge.engine.progress import CancelToken
 
 SIZE = 200
-
-
-def _noise_texture(size: int = 1024, seed: int = 0) -> np.ndarray:
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    lum = np.zeros((size, size), np.float32)
-    for cell, amp in ((12, 0.6), (48, 0.4)):
-        small = rng.random((size // cell + 1, size // cell + 1)).astype(np.float32)
-        lum += amp * cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)[:size, :size]
-    lum = np.clip((lum - lum.mean()) / (3 * lum.std()) + 0.5, 0, 1)
-    hue = cv2.resize(rng.random((5, 5, 3)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
-    return (np.clip(lum[..., None] * (0.5 + 0.5 * hue), 0, 1) * 255).astype(np.uint8)
 
 
 def _surface_splats(mesh, n: int = 60000, seed: int = 0):
@@ -82,7 +69,7 @@ def scene():
     from viewforge.engine.splat.fit import render_splats
 
     torch.set_num_threads(2)
-    mesh = replace(demo_mesh(DemoConfig(segments=64, rings=40, texture_size=64)), texture=_noise_texture())
+    mesh = replace(demo_mesh(DemoConfig(segments=64, rings=40, texture_size=64)), texture=noise_texture())
     model = _surface_splats(mesh, seed=0)
     cams = _rig()
     shots = render_splats(_surface_splats(mesh, seed=1), cams, device="cpu")
