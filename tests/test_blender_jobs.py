@@ -667,3 +667,37 @@ def test_photos_without_cameras_become_cameras_and_a_mesh(registered, photo_fold
         assert local[2] < 0  # Blender cameras look down -Z
     bpy.ops.ed.undo()
     assert scene_state(bpy) == state
+
+
+def test_two_photos_are_completed_by_the_generator(registered, tiny_model, tmp_path):
+    """Reconstruct from Cameras with two photos and Completion On: the worker loads the (tiny)
+    generator from the panel's model folder, completes the object and imports one textured mesh
+    where the cameras look, as one undo step."""
+    bpy = registered
+    if not _mesh_stage_available():
+        pytest.skip("the mesh stage is not in this tree yet")
+    source, cams = render_scene_photos(bpy, tmp_path / "renders", n=2)
+    source_box = bbox(world_vertices(source))
+    source.hide_set(True)
+    s = bpy.context.scene.viewforge
+    s.complete, s.model = "ON", str(tiny_model)
+    s.quality, s.device = "DRAFT", "CPU"
+    s.resolution, s.iterations, s.faces, s.texture_size = 48, 90, 1500, 128
+    s.output_folder, s.output_name = str(tmp_path / "out"), "completed"
+    before = {o.name for o in bpy.data.objects}
+    bpy.ops.ed.undo_push(message="scene ready")
+    state = scene_state(bpy)
+    assert bpy.ops.viewforge.reconstruct() == {"FINISHED"}
+    new = [o for o in bpy.data.objects if o.name not in before]
+    assert [o.name for o in new] == ["completed"] and new[0].type == "MESH" and new[0].data.uv_layers
+    from viewforge.bridge import jobs
+
+    assert jobs.LAST.state == "done" and "unseen sides generated" in jobs.LAST.message
+    # the photos anchor the result: it covers the photographed object (the tiny generator's random
+    # views add blobs around it, so the box is larger than the object's)
+    box = bbox(world_vertices(new[0]))
+    lo, hi = np.maximum(box[0], source_box[0]), np.minimum(box[1], source_box[1])
+    covered = np.prod(np.clip(hi - lo, 0, None)) / np.prod(source_box[1] - source_box[0])
+    assert covered > 0.8 and np.prod(box[1] - box[0]) < 30 * np.prod(source_box[1] - source_box[0]), (box, source_box)
+    bpy.ops.ed.undo()
+    assert scene_state(bpy) == state
