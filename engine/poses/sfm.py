@@ -26,9 +26,18 @@ describes the steps and the options with the measured figures; in short:
    registered photo must fall inside its (dilated) alpha. A photo registered onto a symmetric
    "ghost" pose fails; the pairs that placed it are deleted and the mapping runs again
    (``silhouette_rounds``); photos still failing are reported unregistered.
-7. **Undistort** (``undistort``): images and alpha resampled to the ideal pinhole, cameras
+7. **Leftover pass** (``leftover_pass``, photos with alpha): the filter of step 4 and the pair
+   deletions of step 6 also remove correct pairs, and a group of photos whose only surviving
+   links are wrong ends up unregistered (or as a separate model). The mapping continues from
+   the model (its photos' poses fixed) on the original verified pairs, less the deleted pairs
+   between two registered photos; the leftover photos then register against the model's
+   points, where the correct pairs agree and the wrong ones do not. The silhouette check runs
+   again: the photos it adds that fail are taken out with all their pairs and the pass runs once
+   more (photos failing then are reported unregistered); if a photo of the model fails, the
+   pass is discarded. On lego (24 photos) this registers 21 instead of 14.
+8. **Undistort** (``undistort``): images and alpha resampled to the ideal pinhole, cameras
    without distortion (Blender cameras cannot represent it).
-8. **World frame** (``normalize_frame``), chosen for an artist: +Z up = the average of the
+9. **World frame** (``normalize_frame``), chosen for an artist: +Z up = the average of the
    registered cameras' up directions (photos are mostly taken upright); the centre (origin) is the
    per-axis median of the sparse points (vertical and two horizontal axes); the scale makes the 2nd-98th percentile box of the points
    2 units along its longest side (the object spans about [-1, 1], the frame ``viewforge
@@ -87,6 +96,10 @@ class SfmConfig:
     silhouette_max_outside: photos with alpha: a registered photo with a larger fraction of the
         model's points projecting outside its dilated alpha is a wrong registration.
     silhouette_rounds: re-mapping rounds after removing the pairs of wrongly registered photos.
+    leftover_pass: photos with alpha: after mapping, photos left out get a second chance (module
+        docstring, step 7):
+        the mapping continues from the model with their pairs restored and the registered photos
+        fixed; each photo it adds must pass the silhouette check.
     undistort: return undistorted images and pinhole cameras.
     normalize_frame: put the result in the artist's frame (module docstring); otherwise COLMAP's.
     num_threads: threads of COLMAP's stages (-1 = all cores).
@@ -107,6 +120,7 @@ class SfmConfig:
     init_min_tri_angle_deg: float = 8.0
     silhouette_max_outside: float = 0.1
     silhouette_rounds: int = 2
+    leftover_pass: bool = True
     undistort: bool = True
     normalize_frame: bool = True
     num_threads: int = -1
@@ -489,6 +503,8 @@ def estimate_poses(
             pycolmap.match_exhaustive(db_path, matching_options=matching, verification_options=verification,
                                       device=pycolmap.Device.cpu, cancellation_token=token)
         seconds["matching"] = time.perf_counter() - t0
+        matched_db = work / "matched.db"  # the verified pairs before any deletion (leftover pass)
+        shutil.copyfile(db_path, matched_db)
 
         # 4. view-graph filter
         t0 = time.perf_counter()
@@ -551,16 +567,7 @@ def estimate_poses(
             report(progress, "sfm", min(9, 6 + round_), 10, "mapping")
             out_dir = work / f"sparse_{round_}"
             out_dir.mkdir()
-            options = pycolmap.IncrementalPipelineOptions()
-            options.num_threads = int(config.num_threads)
-            options.random_seed = int(config.seed)
-            options.min_model_size = 2
-            options.min_num_matches = int(config.min_pair_inliers)
-            options.ba_refine_principal_point = False
-            options.mapper.abs_pose_min_num_inliers = int(config.abs_pose_min_inliers)
-            options.mapper.init_min_num_inliers = int(config.init_min_inliers)
-            options.mapper.init_min_tri_angle = float(config.init_min_tri_angle_deg)
-            options.mapper.random_seed = int(config.seed)
+            options = _mapping_options(pycolmap, config)
             with _CancelBridge(pycolmap, cancel) as token:
                 models = pycolmap.incremental_mapping(db_path, img_dir, out_dir, options, cancellation_token=token)
             models = sorted(models.values(), key=lambda r: -r.num_reg_images())
@@ -578,6 +585,12 @@ def estimate_poses(
                 ban(recon, bad)
                 break
             _drop_pairs_supporting(pycolmap, db_path, recon, bad, kept_pairs, config.graph_max_residual_deg)
+        if (config.leftover_pass and masks_all and config.silhouette_max_outside > 0 and recon is not None
+                and recon.num_reg_images() >= 2):
+            check(cancel)
+            report(progress, "sfm", 9, 10, "mapping the leftover photos")
+            recon = _leftover_pass(pycolmap, config, recon, banned, db_path, matched_db, img_dir, work, index_of,
+                                   alphas, id_to_name, len(keep), cancel)
         seconds["mapping"] = time.perf_counter() - t0
         if recon is None or recon.num_reg_images() < 2:
             raise InputError(
@@ -689,6 +702,93 @@ def estimate_poses(
     finally:
         shutil.rmtree(work, ignore_errors=True)
         pycolmap.logging.minloglevel = previous_level
+
+
+def _mapping_options(pycolmap, config: SfmConfig):
+    options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = int(config.num_threads)
+    options.random_seed = int(config.seed)
+    options.min_model_size = 2
+    options.min_num_matches = int(config.min_pair_inliers)
+    options.ba_refine_principal_point = False
+    options.mapper.abs_pose_min_num_inliers = int(config.abs_pose_min_inliers)
+    options.mapper.init_min_num_inliers = int(config.init_min_inliers)
+    options.mapper.init_min_tri_angle = float(config.init_min_tri_angle_deg)
+    options.mapper.random_seed = int(config.seed)
+    return options
+
+
+def _leftover_pass(pycolmap, config: SfmConfig, recon, banned: dict[str, str], db_path: Path, matched_db: Path,
+                   img_dir: Path, work: Path, index_of: dict[str, int], alphas,
+                   id_to_name: dict[int, str], num_photos: int, cancel: CancelToken | None):
+    """Step 7 of the module docstring: continue the mapping from ``recon`` (its photos fixed) on the
+    verified pairs of ``matched_db`` less the pairs deleted between two of its photos; returns the
+    extended model (photos it adds that fail the silhouette check go into ``banned``) or ``recon``."""
+    old = {im.name for im in recon.images.values() if im.has_pose and im.name not in banned}
+    if len(old) >= num_photos:
+        return recon
+    # the photos banned by the silhouette rounds leave the input model (they are leftovers too)
+    for im in list(recon.images.values()):
+        if im.has_pose and im.name in banned:
+            recon.deregister_frame(im.frame_id)
+    current = pycolmap.Database.open(db_path)
+    try:
+        kept = set(pid for pid, g in zip(*current.read_two_view_geometries()) if len(g.inlier_matches) > 0)
+    finally:
+        current.close()
+    excluded: set[str] = set()  # photos that failed the silhouette check: all their pairs go
+    for attempt in range(2):
+        db2 = work / f"leftover_{attempt}.db"
+        shutil.copyfile(matched_db, db2)
+        db = pycolmap.Database.open(db2)
+        try:
+            for pid, _ in zip(*db.read_two_view_geometries()):
+                a, b = pycolmap.pair_id_to_image_pair(pid)
+                na, nb = id_to_name[a], id_to_name[b]
+                if (na in old and nb in old and pid not in kept) or na in excluded or nb in excluded:
+                    db.delete_inlier_matches(a, b)
+        finally:
+            db.close()
+        in_dir, out_dir = work / f"leftover_in_{attempt}", work / f"leftover_out_{attempt}"
+        in_dir.mkdir()
+        out_dir.mkdir()
+        recon.write(in_dir)
+        options = _mapping_options(pycolmap, config)
+        options.fix_existing_frames = True
+        options.mapper.fix_existing_frames = True
+        with _CancelBridge(pycolmap, cancel) as token:
+            models = pycolmap.incremental_mapping(db2, img_dir, out_dir, options, input_path=in_dir,
+                                                  cancellation_token=token)
+        models = sorted(models.values(), key=lambda r: -r.num_reg_images())
+        if not models:
+            return recon
+        new = models[0]
+        names = {im.name for im in new.images.values() if im.has_pose}
+        added = names - old
+        if not old <= names or not added:
+            return recon
+        failing = {new.image(iid).name: frac for iid, frac in
+                   _silhouette_failures(new, index_of, alphas, config.silhouette_max_outside).items()}
+        if set(failing) & old:
+            log.info("SfM: the leftover pass contradicts the registered photos' silhouettes; discarded")
+            return recon
+        if not failing:
+            log.info("SfM: the leftover pass registered %d more photo(s)", len(added))
+            for name in added:
+                banned.pop(name, None)
+            return new
+        for name, frac in failing.items():
+            banned[name] = (
+                f"its pose contradicts the silhouettes of {100 * frac:.0f}% of the other photos "
+                "(symmetric or repeated structure)"
+            )
+        if attempt == 1:  # the photos that pass stay, the failing ones are reported
+            for name in added - set(failing):
+                banned.pop(name, None)
+            log.info("SfM: the leftover pass registered %d more photo(s)", len(added - set(failing)))
+            return new
+        excluded |= set(failing)
+    return recon
 
 
 def _silhouette_failures(recon, index_of: dict[str, int], alphas, max_outside: float) -> dict[int, float]:
