@@ -67,3 +67,26 @@ def test_reconstruct_a_photo_folder(photo_folder, tmp_path, capsys):
     code = main(["reconstruct", str(cams_dir), "-o", str(tmp_path / "b.ply"), "--cameras-out", str(tmp_path / "c2")])
     assert code == 2 and "folder of photos without cameras" in capsys.readouterr().err
     assert not (tmp_path / "b.ply").exists() and not (tmp_path / "c2").exists()
+
+
+@pytest.mark.shared_data
+def test_sfm_on_lego_24_photos(tmp_path):
+    """Issue 7's SfM target on real evaluation data (skipped without ../shared/data): 24 lego
+    photos without cameras, evenly spaced over the 100; measured 21 registered, 0.37 degrees."""
+    import json as _json
+
+    from conftest import SHARED_DATA
+    from viewforge.engine.cameras import cameras_from_transforms
+    from viewforge.engine.poses.evaluate import rotation_errors
+    from viewforge.engine.poses.sfm import SfmConfig, estimate_poses
+
+    root = SHARED_DATA / "posed" / "lego"
+    meta = _json.loads((root / "transforms_train.json").read_text())
+    truth = cameras_from_transforms(meta, [(800, 800)] * len(meta["frames"]))
+    ids = list(range(0, 100, 4))[:24]
+    for i in ids:
+        shutil.copy(root / "train" / f"r_{i}.png", tmp_path / f"r_{i}.png")
+    res = estimate_poses(sorted(tmp_path.glob("*.png")), SfmConfig(max_image_size=800, seed=1))
+    by_name = {f"r_{i}": truth[i] for i in ids}
+    _, aligned = rotation_errors(res.cameras, [by_name[n] for n in res.registered])
+    assert len(res.registered) >= 21 and aligned <= 1.0, (res.registered, aligned)
