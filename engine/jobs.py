@@ -397,6 +397,7 @@ class JobProcess:
         self.error: ViewforgeError | None = None
         self.started = time.monotonic()
         self._cancel_at: float | None = None
+        self._reaper: Any = None  # the thread that waits for the worker to exit after its final message
         ctx = mp.get_context("spawn")
         self._event = ctx.Event()
         recv, send = ctx.Pipe(duplex=False)
@@ -450,12 +451,18 @@ class JobProcess:
         if self._process.is_alive():  # its final message is in: let it exit in the background
             import threading
 
-            threading.Thread(target=_reap, args=(self._process,), name="viewforge-reaper", daemon=True).start()
+            self._reaper = threading.Thread(target=_reap, args=(self._process,), name="viewforge-reaper", daemon=True)
+            self._reaper.start()
 
     def join(self, timeout: float | None = None) -> int | None:
         """Wait for the worker process to exit (it may still be exiting after the job ended);
         returns its exit code (None while it runs)."""
-        self._process.join(timeout)
+        if self._reaper is not None:
+            # the reaper thread already waits for the process: waiting here too races with it (one
+            # waitpid gets the status, the other ECHILD and an exit code of None)
+            self._reaper.join(timeout)
+        else:
+            self._process.join(timeout)
         return self._process.exitcode
 
     def _handle(self, msg: tuple) -> None:
