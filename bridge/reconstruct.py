@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".webp", ".bmp")
 #: Fewest photos a reconstruction accepts (one photo only with completion by the generator).
 MIN_PHOTOS = 2
-#: Most photos for which completion "auto" generates the unseen sides (engine.recon.COMPLETE_MAX_PHOTOS).
-COMPLETE_MAX_PHOTOS = 4
 #: CPU priority decrease of interactive jobs' workers (the UI keeps its share of the cores).
 WORKER_NICE = 5
 #: Output format of the operator's job (the textured mesh of the mesh stage).
@@ -285,13 +283,23 @@ def write_posed_set(items: list[tuple], folder: Path) -> Path:
     return path
 
 
+def _job_options(req: ReconstructRequest, **extra: Any) -> dict[str, Any]:
+    """The reconstruct job's options (engine.jobs.RECON_OPTIONS) for ``req``."""
+    return {"quality": req.quality, "device": req.device, "seed": int(req.seed), "complete": req.complete,
+            "model": req.model, "allow_download": bool(req.allow_download), **extra, **req.overrides}
+
+
 def _completion_weights(req: ReconstructRequest, photos: int) -> list[str]:
-    """Check the generator before a completing job starts: "on" or a single photo need its
-    weights (the engine's one-line error otherwise); "auto" with 2-4 photos only warns that the
-    unseen sides will stay empty. Returns warnings (e.g. a download about to happen)."""
+    """Check the generator before a job that will complete ``photos`` photos starts (none when
+    the mode does not complete them): "on" or a single photo need its weights (the engine's
+    one-line error otherwise); "auto" with 2-4 photos only warns that the unseen sides will stay
+    empty. Returns warnings (e.g. a download about to happen)."""
     from ..engine.errors import DependencyError
+    from ..engine.recon import wants_completion
     from .generate import check_weights
 
+    if not wants_completion(req.complete, photos):
+        return []
     try:
         return check_weights(req.model, req.model_cache, req.allow_download)
     except DependencyError as e:
@@ -320,19 +328,14 @@ def _prepare_photos_without_cameras(scene, req: ReconstructRequest) -> PreparedJ
     out = output_path(scene, req)
     deps.check("reconstruct")
     deps.check("poses")
-    warnings: list[str] = []
-    if req.complete == "on" or (req.complete == "auto" and len(photos) <= COMPLETE_MAX_PHOTOS):
-        warnings += _completion_weights(req, len(photos))
+    warnings = _completion_weights(req, len(photos))
     cameras_out = out.with_name(f"{out.stem}_cameras")
     k = 1
     while cameras_out.exists():
         cameras_out = out.with_name(f"{out.stem}_cameras_{k}")
         k += 1
     work = Path(tempfile.mkdtemp(prefix="viewforge-job-"))
-    options = {"quality": req.quality, "device": req.device, "seed": int(req.seed), "complete": req.complete,
-               "model": req.model, "allow_download": bool(req.allow_download), "cameras_out": str(cameras_out),
-               **req.overrides}
-    spec = JobSpec("reconstruct", str(folder), str(out), options, name=out.stem)
+    spec = JobSpec("reconstruct", str(folder), str(out), _job_options(req, cameras_out=str(cameras_out)), name=out.stem)
     return PreparedJob(spec, work, scene.name, out.stem, req.keep_output, [p.stem for p in photos], warnings,
                        cameras_out=cameras_out)
 
@@ -355,9 +358,7 @@ def prepare_reconstruct(scene, req: ReconstructRequest, view_layer=None) -> Prep
     items, warnings = _cameras_with_photos(scene, req, view_layer)
     out = output_path(scene, req)
     deps.check("reconstruct")
-    complete = req.complete
-    if complete == "on" or (complete == "auto" and len(items) <= COMPLETE_MAX_PHOTOS):
-        warnings += _completion_weights(req, len(items))
+    warnings += _completion_weights(req, len(items))
     work = Path(tempfile.mkdtemp(prefix="viewforge-job-"))
     try:
         transforms = write_posed_set(items, work / "posed")
@@ -366,9 +367,7 @@ def prepare_reconstruct(scene, req: ReconstructRequest, view_layer=None) -> Prep
         if isinstance(e, OSError):
             raise OutputError(f"could not write the photos to a temporary folder ({e})", "free some disk space") from None
         raise
-    options = {"quality": req.quality, "device": req.device, "seed": int(req.seed), "complete": req.complete,
-               "model": req.model, "allow_download": bool(req.allow_download), **req.overrides}
-    spec = JobSpec("reconstruct", str(transforms), str(out), options, name=out.stem)
+    spec = JobSpec("reconstruct", str(transforms), str(out), _job_options(req), name=out.stem)
     return PreparedJob(spec, work, scene.name, out.stem, req.keep_output, [o.name for o, _, _ in items], warnings)
 
 

@@ -136,6 +136,11 @@ def evaluate_views(splats, posed: PosedSet | None, device: str = "auto") -> dict
     return view_scores([o["rgb"] for o in outs], posed.images, posed.masks)
 
 
+def wants_completion(mode: str, photos: int) -> bool:
+    """Whether completion mode ``mode`` ("auto", "on", "off") completes ``photos`` training photos."""
+    return mode == "on" or (mode == "auto" and photos <= COMPLETE_MAX_PHOTOS)
+
+
 def photo_folder_images(path: str | os.PathLike) -> list[Path] | None:
     """The photos (sorted by name) of a folder that holds no transforms.json; None for a
     transforms.json or a folder that has one (a posed set)."""
@@ -275,7 +280,7 @@ def reconstruct_posed(
     train = _subset(posed, train_ids)
     held = _subset(posed, held_ids) if held_ids else None
     skipped = None
-    if config.complete == "on" or (config.complete == "auto" and len(train) <= COMPLETE_MAX_PHOTOS):
+    if wants_completion(config.complete, len(train)):
         done = _completion(transforms, posed, train_ids, train, held, gt, config, out, seconds, progress, cancel)
         if isinstance(done, str):
             skipped = done
