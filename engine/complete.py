@@ -22,7 +22,7 @@ cameras' frame (issue 7, seed 001 ReconViaGen; docs/completion.md has the math).
 5. **Sampling** (engine/sampling/aware.py) with the rig at those cameras and *all* photos as
    anchors at their own cameras (weight ``photo_weight``; generated views weight 1), RVC on by
    default (engine/sampling/rvc.py).
-6. Optionally the cameras are refined against the model (engine/poses/sparse.py, when present),
+6. Optionally the cameras are refined (engine/poses/sparse.py: against each other, else against the model),
    the rig re-placed from the refined reference camera and the model refitted (plus one RVC
    correction when RVC is on); then the mesh stage (engine/mesh) bakes the photos and the views.
 """
@@ -69,8 +69,10 @@ class CompleteConfig:
     fill: the object's share of the condition image side (default 0.8, as prepare_image).
     photo_size: longer side of the photos in the fits, pixels (default 256).
     fit_iterations, warm_iterations: the sampler's first and later fits.
-    refine_cameras: refine the photo cameras against the model, then refit (needs
-        engine/poses/sparse.py; skipped with a warning without it).
+    refine_cameras: refine the photo cameras (against each other by feature matches, else
+        against the model by render-match-PnP; see ``_refine``), then re-place the rig and refit.
+    refine_fallback: when the photos do not match each other, refine them against the model
+        (render-match-PnP) instead of keeping their poses (default False: unreliable here).
     make_mesh: run the mesh stage (default True; a .glb output needs it).
     faces, texture_size: mesh face budget and texture side.
     mesh: overrides of MeshConfig fields. fit: overrides of the sampler's FitConfig fields.
@@ -92,6 +94,7 @@ class CompleteConfig:
     fit_iterations: int = 1000
     warm_iterations: int = 300
     refine_cameras: bool = False
+    refine_fallback: bool = False
     make_mesh: bool = True
     faces: int = 30000
     texture_size: int = 1024
@@ -369,11 +372,25 @@ def layout(photos: PosedSet, gen_cameras: Sequence[Camera], gen_reference: Camer
 # ---------------------------------------------------------------------------------------------
 
 
-def _refine(photos: PosedSet, splats, progress, cancel) -> tuple[list[Camera], str]:
-    """The photos' cameras refined against ``splats`` by render-match-PnP (engine/poses/sparse.py);
-    views without enough reliable matches keep their input pose."""
-    from .poses.sparse import SparseRefineConfig, refine_cameras_to_model
+def _refine(photos: PosedSet, splats, progress, cancel, *, fallback: bool = False) -> tuple[list[Camera], str]:
+    """The photos' cameras refined (docs/poses.md, "A few photos"): against each other
+    (engine/poses/sparse.py ``refine_photo_rig``: SIFT matches between the photos, bundle
+    adjustment, the similarity back onto the input rig; a pose changes only where the photos'
+    matches then agree better than at the input cameras). When the photos do not match (weak
+    texture) they keep their poses, or with ``fallback`` are refined by render-match-PnP against
+    ``splats`` (``refine_cameras_to_model``; the model was fitted to the photos at the input
+    cameras and has absorbed their errors: measured on bench/sparse.py's Duck it made 4 photos
+    worse, 2.40 -> 3.77 degrees after alignment)."""
+    from .poses.sparse import PhotoRigConfig, SparseRefineConfig, refine_cameras_to_model, refine_photo_rig
 
+    rig = refine_photo_rig(photos, PhotoRigConfig(max_size=REFINE_SIZE), progress=progress, cancel=cancel)
+    if any(rig.refined):
+        kept = len(photos) - sum(rig.refined)
+        note = "refined against each other" + (f" ({kept} of {len(photos)} kept their input pose)" if kept else "")
+        return list(rig.cameras), note
+    if not fallback:
+        log.warning("pose refinement: %s; the photos keep their input poses", rig.note)
+        return list(photos.cameras), f"input poses kept ({rig.note})"
     res = refine_cameras_to_model(photos, splats, SparseRefineConfig(), progress=progress, cancel=cancel)
     kept = sum(not v.reliable for v in res.views)
     return list(res.cameras), "refined" if not kept else f"refined ({kept} of {len(res.views)} kept their input pose)"
@@ -438,7 +455,7 @@ def complete(
         t = time.perf_counter()
         # the refinement matches features: it gets the photos at up to REFINE_SIZE px, not the fit's size
         sharp = prepare_photos(posed, REFINE_SIZE) if REFINE_SIZE > config.photo_size else photos
-        new, refine_note = _refine(sharp, splats, progress, cancel)
+        new, refine_note = _refine(sharp, splats, progress, cancel, fallback=config.refine_fallback)
         cams = [c.resized(p.width, p.height) for c, p in zip(new, photos.cameras)]
         photos = PosedSet(cams, photos.images, photos.masks, photos.names, photos.meta)
         anchors = anchors_of(photos, config.photo_weight)

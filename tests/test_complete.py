@@ -169,7 +169,7 @@ def test_refined_cameras_re_place_the_rig(scene, monkeypatch):
 
     m, rig, ref, posed = scene
     bad = PosedSet(perturb_cameras(posed.cameras, 3.0, 0.0, seed=0), posed.images, posed.masks, posed.names)
-    monkeypatch.setattr(C, "_refine", lambda photos, splats, progress, cancel: (list(posed.cameras), "refined"))
+    monkeypatch.setattr(C, "_refine", lambda photos, splats, progress, cancel, **kw: (list(posed.cameras), "refined"))
     orc = PerturbedOracle.for_photos(m, posed, rig, ref)
     res = C.complete(bad, None, C.CompleteConfig(refine_cameras=True, make_mesh=False, **FAST), generator=orc)
     assert rotation_errors(res.cameras, posed.cameras)[0] < 1e-6 < rotation_errors(bad.cameras, posed.cameras)[0]
@@ -193,3 +193,18 @@ def test_refined_cameras_re_place_the_rig(scene, monkeypatch):
 
     print("held-out refined", score(res.splats), "perturbed", score(stay.splats))
     assert score(res.splats) > score(stay.splats) + 1.0
+
+
+def test_refinement_keeps_the_poses_when_the_photos_do_not_match(scene):
+    """The real _refine on photos that share no features (flat colour): no pose changes, the
+    note says why, and the model is not needed (no fallback against it by default)."""
+    import viewforge.engine.complete as C
+    from viewforge.engine.io.types import PosedSet
+    from viewforge.engine.poses.evaluate import perturb_cameras
+
+    _, _, _, posed = scene
+    bad = perturb_cameras(posed.cameras, 3.0, 0.0, seed=0)
+    flat = PosedSet(bad, [np.full_like(i, 0.7) for i in posed.images], posed.masks, posed.names)
+    cams, note = C._refine(flat, None, None, None)
+    assert all(np.array_equal(a.world_to_camera, b.world_to_camera) for a, b in zip(cams, bad))
+    assert note.startswith("input poses kept") and "not matched" in note

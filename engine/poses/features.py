@@ -80,6 +80,13 @@ class FeatureConfig:
         Measured on lego (24 views, median error after alignment over three seeds): 0.01 lets
         weakly observed cameras wander (0.65-3.9 degrees), 0.3 holds them (0.56-0.72), 1.0 holds
         them at the input (1.4-1.7).
+    prior_weight_translation: the weight of the prior on the translation part ``tau / d`` alone
+        (None: ``prior_weight``). Scene cameras whose positions are trusted more than their
+        orientation (few photos; completion) hold the centres firmly and let the rotations follow
+        the matches: with two photos the matches fix the relative rotation only once the
+        baseline is held (docs/poses.md, few-photo refinement).
+    sift_contrast: SIFT's contrast threshold (OpenCV's default 0.04; lower finds keypoints on
+        weakly textured surfaces, e.g. 0.005 on unlit renders of smooth objects).
     max_nfev: Levenberg-Marquardt iterations per bundle adjustment.
     band_schedule: one matching + adjustment round per entry: the width of the epipolar band of
         the guided matching (fraction of the working image's longer side) around the epipolar
@@ -99,6 +106,8 @@ class FeatureConfig:
     robust_px: float = 2.0
     outlier_px: float = 4.0
     prior_weight: float = 0.3
+    prior_weight_translation: float | None = None
+    sift_contrast: float = 0.04
     max_nfev: int = 100
     band_schedule: tuple[float, ...] = (0.06, 0.02, 0.01)
     min_view_observations: int = 20
@@ -144,7 +153,10 @@ class FeatureRefineResult:
     """cameras: refined cameras at the input size and in the input frame. views: per-view
     reliability. points: (P, 3) adjusted 3D points (input frame). pairs: verified pairs with
     their inlier counts. rms_before/rms_after: RMS reprojection error (working px) of the
-    inlier observations before/after the final adjustment. seconds: wall time per stage."""
+    inlier observations before/after the final adjustment. seconds: wall time per stage.
+    rms_input: RMS reprojection error (working px) of the final inlier matches triangulated
+    with the *input* cameras (the same matches as ``rms_after``: how much the adjustment made
+    the photos agree; NaN when none triangulates)."""
 
     cameras: list[Camera]
     views: list[ViewReliability]
@@ -153,6 +165,7 @@ class FeatureRefineResult:
     rms_before: float
     rms_after: float
     seconds: dict[str, float] = field(default_factory=dict)
+    rms_input: float = float("nan")
 
 
 # -- features and matching --------------------------------------------------------------------
@@ -168,7 +181,7 @@ def detect_features(
     """SIFT (RootSIFT descriptors) on every photo of ``posed`` at <= ``config.max_size`` px."""
     import cv2
 
-    sift = cv2.SIFT_create(nfeatures=config.max_features)
+    sift = cv2.SIFT_create(nfeatures=config.max_features, contrastThreshold=config.sift_contrast)
     out = []
     for i, (cam, img) in enumerate(zip(posed.cameras, posed.images)):
         check(cancel)
@@ -439,7 +452,9 @@ def bundle_adjust(
     dist = np.array([max(float(np.linalg.norm(c.center)), 1e-9) for c in cameras])
     fm = f.mean(1)
     # prior stiffness per camera parameter, in pixels per unit correction
-    prior = config.prior_weight * np.c_[np.repeat(fm[:, None], 3, 1), np.repeat((fm / dist)[:, None], 3, 1)]
+    p_rot = config.prior_weight
+    p_tr = config.prior_weight if config.prior_weight_translation is None else config.prior_weight_translation
+    prior = np.c_[p_rot * np.repeat(fm[:, None], 3, 1), p_tr * np.repeat((fm / dist)[:, None], 3, 1)]
     free = np.ones(C, dtype=bool) if fixed is None else ~np.asarray(fixed, dtype=bool)
     X = np.asarray(points, dtype=np.float64).copy()
     # index patterns of the block-sparse matrices (fixed for the whole solve)
@@ -739,9 +754,12 @@ def refine_poses_features(
         if not reliable:
             log.warning("view %s: pose not reliable (%d observations, rms %.2f px)", views[-1].name, n, rms[i])
     log.info("feature pose refinement: %d/%d views refined, similarity scale %.4f", int(refined_ok.sum()), len(posed), s)
+    pts0, ok0 = triangulate(cams0, tracks, 0.0)
+    err0 = _reprojection(cams0, tracks, pts0)[ok0[tracks.point]]
     return FeatureRefineResult(
         out_cams, views, points, {k: len(m) for k, m in matches.items()}, rms_before,
         float(np.sqrt(np.mean(ba.residuals**2))), seconds,
+        float(np.sqrt(np.mean(err0**2))) if len(err0) else float("nan"),
     )
 
 

@@ -358,4 +358,127 @@ def refine_cameras_to_model(
     return SparseRefineResult(cams, views, seconds)
 
 
-__all__ = ["SparseRefineConfig", "SparseRefineResult", "refine_cameras_to_model"]
+# -- photo to photo: the few-photo stage ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhotoRigConfig:
+    """Settings of :func:`refine_photo_rig` (a few photos, as completion gets them).
+
+    max_size: working size of the feature stage (longer side, pixels).
+    contrasts: SIFT contrast thresholds, one attempt each (0.04: OpenCV's default; 0.005 finds
+        keypoints on weakly textured, unlit surfaces); the accepted attempt with the most inlier
+        observations is kept.
+    min_matches: a pair needs this many epipolar inliers, a view this many inlier observations.
+    max_step_deg: a view whose refined pose turns by more than this keeps its input pose (the
+        scene cameras are a few degrees off at most; a larger turn is a degenerate adjustment).
+    band_schedule: the guided matching's epipolar bands per round (FeatureConfig's); the first
+        round is unguided (0): a 3 degree error moves the epipolar lines by ~f * 0.05 px (18 px at
+        256 px, 40 px at 480 px), more than FeatureConfig's first band (6 % of the side), so a
+        guided first round keeps the matches that agree with the wrong cameras (measured on
+        tests/test_poses_rig.py's scene, 4 seeds: 0.2-2.0 degrees after alignment guided,
+        0.17-0.19 unguided with the priors below).
+    prior_rotation, prior_translation: the bundle adjustment's prior weights on each camera's
+        rotation and on its translation (FeatureConfig ``prior_weight`` /
+        ``prior_weight_translation``): scene cameras' positions are held, their orientations
+        follow the matches (with two or three photos the orbit mode, a rotation plus a sideways
+        move, is otherwise pinned only by the prior).
+    features: other :class:`~viewforge.engine.poses.features.FeatureConfig` fields.
+    """
+
+    max_size: int = 512
+    contrasts: tuple[float, ...] = (0.04, 0.005)
+    min_matches: int = 8
+    max_step_deg: float = 10.0
+    band_schedule: tuple[float, ...] = (0.0, 0.02, 0.01)
+    prior_rotation: float = 0.1
+    prior_translation: float = 3.0
+    features: dict = field(default_factory=dict)
+
+
+@dataclass
+class PhotoRigResult:
+    """cameras: the photos' cameras (input order and size), refined where ``refined``.
+    refined: per view. rms_before / rms_after: the inlier matches' reprojection RMS (working
+    pixels) at the input cameras (after triangulation) and after the adjustment (NaN when no
+    attempt matched). contrast: the SIFT threshold that matched (None: none). note: one line."""
+
+    cameras: list[Camera]
+    refined: list[bool]
+    rms_before: float = float("nan")
+    rms_after: float = float("nan")
+    contrast: float | None = None
+    note: str = ""
+    seconds: float = 0.0
+
+
+def refine_photo_rig(posed: PosedSet, config: PhotoRigConfig = PhotoRigConfig(), *,
+                     progress: ProgressCallback | None = None,
+                     cancel: CancelToken | None = None) -> PhotoRigResult:
+    """Refine a few photos' cameras against each other, with no model: SIFT matches between the
+    photos + bundle adjustment + the similarity back onto the input rig
+    (:func:`viewforge.engine.poses.features.refine_poses_features`), once per SIFT contrast of
+    ``config.contrasts``; the accepted attempt with the most inlier observations wins.
+
+    Acceptance (a pose is changed only where the photos demonstrably agree better): the
+    adjustment must lower the final inlier matches' reprojection RMS below their RMS at the
+    input cameras (the same matches triangulated there);
+    then each view that the features constrained (reliable) and that turned by less than
+    ``max_step_deg`` takes its refined pose, the others keep theirs."""
+    from ..cameras import rotation_angle_deg
+    from ..errors import CameraError
+    from .features import FeatureConfig, refine_poses_features
+
+    t0 = time.perf_counter()
+    n = len(posed)
+    keep = PhotoRigResult(list(posed.cameras), [False] * n)
+    if n < 2:
+        keep.note = "one photo: nothing to match"
+        return keep
+    last = "no attempt"
+    best, best_obs = None, -1
+    for contrast in config.contrasts:
+        check(cancel)
+        fcfg = FeatureConfig(**{"max_size": config.max_size, "sift_contrast": contrast,
+                                "min_pair_inliers": config.min_matches,
+                                "min_view_observations": config.min_matches, "band_schedule": config.band_schedule,
+                                "prior_weight": config.prior_rotation,
+                                "prior_weight_translation": config.prior_translation, **config.features})
+        try:
+            res = refine_poses_features(posed, fcfg, progress=progress, cancel=cancel)
+        except CameraError as e:
+            last = e.message
+            log.info("photo rig (SIFT contrast %g): %s", contrast, last)
+            continue
+        if not res.rms_after < res.rms_input:
+            last = f"the adjustment did not lower the reprojection RMS ({res.rms_input:.2f} -> {res.rms_after:.2f} px)"
+            continue
+        cams, refined = list(posed.cameras), [False] * n
+        for i, (v, c0, c1) in enumerate(zip(res.views, posed.cameras, res.cameras)):
+            turn = rotation_angle_deg(c0.R, c1.R)
+            if v.reliable and turn < config.max_step_deg:
+                cams[i], refined[i] = c1, True
+            elif v.reliable:
+                log.warning("photo %s: refined pose turned %.1f degrees (> %g): input pose kept", v.name, turn,
+                            config.max_step_deg)
+        k = sum(refined)
+        obs = sum(v.observations for v, r in zip(res.views, refined) if r)
+        note = (f"photos matched (SIFT contrast {contrast:g}, {obs} observations, {res.rms_input:.2f} -> "
+                f"{res.rms_after:.2f} px): {k} of {n} refined")
+        log.info("photo rig: %s", note)
+        if k < 2:  # one view alone moved onto a rig nobody else confirms: keep the input
+            last = note
+            continue
+        if obs > best_obs:
+            best_obs = obs
+            best = PhotoRigResult(cams, refined, res.rms_input, res.rms_after, contrast, note)
+    if best is not None:
+        best.seconds = time.perf_counter() - t0
+        return best
+    keep.note = f"photos not matched ({last})"
+    keep.seconds = time.perf_counter() - t0
+    return keep
+
+
+__all__ = ["SparseRefineConfig", "SparseRefineResult", "refine_cameras_to_model", "PhotoRigConfig", "PhotoRigResult",
+           "refine_photo_rig"]

@@ -1,0 +1,67 @@
+"""A few photos refined against each other (engine/poses/sparse.py ``refine_photo_rig``), the
+first stage of completion's pose refinement: 3 photos of the textured sphere scene of
+test_poses_features.py from one side of the object, each camera rotated 3 degrees about its
+centre (as bench/sparse.py perturbs them)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from viewforge.engine.cameras import Camera, look_at
+from viewforge.engine.io.types import PosedSet
+from viewforge.engine.poses.evaluate import perturb_cameras, rotation_errors
+from viewforge.engine.poses.sparse import PhotoRigConfig, refine_photo_rig
+
+from test_poses_features import _render
+
+SIZE = 256
+
+
+def _front(azimuths=(-40.0, 0.0, 40.0), size: int = SIZE, radius: float = 4.0, fov_deg: float = 40.0) -> list[Camera]:
+    f = 0.5 * size / math.tan(math.radians(fov_deg) / 2)
+    cams = []
+    for i, az in enumerate(azimuths):
+        a, el = math.radians(az - 90.0), math.radians((15.0, 30.0)[i % 2])
+        eye = radius * np.array([math.cos(el) * math.cos(a), math.cos(el) * math.sin(a), math.sin(el)])
+        cams.append(Camera(f, f, size / 2, size / 2, size, size, look_at(eye, (0, 0, 0)), name=f"p{i}"))
+    return cams
+
+
+@pytest.fixture(scope="module")
+def photos():
+    cams = _front()
+    renders = [_render(c) for c in cams]
+    return cams, [r[0] for r in renders], [r[1] for r in renders]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_three_photos_agree_after_refinement(photos, seed):
+    true, imgs, masks = photos
+    cams = perturb_cameras(true, 3.0, 0.0, seed=seed)
+    absolute0, aligned0 = rotation_errors(cams, true)
+    res = refine_photo_rig(PosedSet(cams, imgs, masks, [c.name for c in true]))
+    absolute, aligned = rotation_errors(res.cameras, true)
+    print(f"seed {seed}: aligned {aligned0:.3f} -> {aligned:.3f}, absolute {absolute0:.3f} -> {absolute:.3f}; {res.note}")
+    assert all(res.refined) and res.rms_after < res.rms_before
+    assert aligned < 0.3 and aligned < 0.2 * aligned0
+    assert absolute < absolute0  # the gauge back onto the input rig averages the input errors
+    assert [c.width for c in res.cameras] == [c.width for c in true]  # input sizes kept
+
+
+def test_textureless_photos_keep_their_input_poses(photos):
+    """Nothing to match: every pose stays as given, and the note says why."""
+    true, _, masks = photos
+    cams = perturb_cameras(true, 3.0, 0.0, seed=0)
+    flat = [np.full((SIZE, SIZE, 3), 0.8, np.float32) for _ in true]
+    res = refine_photo_rig(PosedSet(cams, flat, masks, [c.name for c in true]))
+    assert not any(res.refined) and "not matched" in res.note
+    assert all(np.array_equal(a.world_to_camera, b.world_to_camera) for a, b in zip(res.cameras, cams))
+
+
+def test_one_photo_is_left_alone(photos):
+    true, imgs, masks = photos
+    res = refine_photo_rig(PosedSet(true[:1], imgs[:1], masks[:1], ["p0"]), PhotoRigConfig())
+    assert res.refined == [False] and res.cameras[0] is true[0]
