@@ -36,6 +36,15 @@ def setup():
     return m, orc, anchors
 
 
+@pytest.fixture(scope="module")
+def base(setup):
+    """The aware sampler's result without RVC (shared by the tests that apply RVC to it)."""
+    from viewforge.engine.sampling.aware import sample
+
+    m, orc, anchors = setup
+    return sample(orc, orc.condition_image(), _cfg(), cameras=orc.cameras(), anchors=anchors)
+
+
 def _cfg():
     from viewforge.engine.sampling.aware import SAMPLER_FIT, SamplerConfig
 
@@ -77,12 +86,12 @@ def test_rvc_lowers_the_input_view_loss(setup):
     assert fr == sorted(fr) and fr[-1] == 1.0
 
 
-def test_unreliable_view_is_dropped(setup):
-    from viewforge.engine.sampling.aware import Anchor, sample
+def test_unreliable_view_is_dropped(setup, base):
+    from viewforge.engine.sampling.aware import Anchor
     from viewforge.engine.sampling.rvc import RVCConfig, compensate
 
     m, orc, anchors = setup
-    res = sample(orc, orc.condition_image(), _cfg(), cameras=orc.cameras(), anchors=anchors)
+    res = base
     rng = np.random.default_rng(0)
     noise = np.concatenate([rng.random((64, 64, 3)), np.ones((64, 64, 1))], 2).astype(np.float32)
     bad = Anchor(noise, anchors[1].camera, 4.0, "bad")  # another "object": loss > 0.8
@@ -130,3 +139,55 @@ def test_rvc_settings_window_and_errors(setup):
     with pytest.raises(Cancelled):
         sample(orc, orc.condition_image(), _cfg(), anchors=anchors, rvc=RVCConfig(steps=40),
                progress=cancel_in_rvc, cancel=token)
+
+
+def test_holding_cameras_surround_the_object():
+    from viewforge.engine.sampling.rvc import shell_cameras
+
+    rig = [orbit_camera(30 + 60 * i, 20 if i % 2 == 0 else -10, 4.5, 30, SIZE, f"rig{i}") for i in range(6)]
+    assert shell_cameras(rig, 0) == []
+    hold = shell_cameras(rig, 16)
+    assert len(hold) == 16 and len({c.name for c in hold}) == 16
+    dirs = []
+    for c in hold:
+        assert np.linalg.norm(c.center) == pytest.approx(4.5, abs=1e-6)  # the rig's distance to its centre
+        uv, z = c.project(np.zeros((1, 3)))  # the rig looks at the origin: so does every holding camera
+        assert z[0] > 0 and np.allclose(uv[0], (SIZE / 2, SIZE / 2), atol=1e-6)
+        assert (c.fx, c.width) == (rig[0].fx, rig[0].width)
+        dirs.append(c.center / np.linalg.norm(c.center))
+    dirs = np.array(dirs)
+    # every direction on the sphere has a holding camera within 45 degrees (below and above too)
+    rng = np.random.default_rng(0)
+    probe = rng.normal(size=(500, 3))
+    probe /= np.linalg.norm(probe, axis=1, keepdims=True)
+    assert (probe @ dirs.T).max(axis=1).min() > np.cos(np.radians(45))
+    assert dirs[:, 2].max() > 0.9 and dirs[:, 2].min() < -0.9
+    with pytest.raises(InputError):
+        shell_cameras(rig[:1], 4)
+
+
+def test_rvc_holds_the_model_between_the_rig_views(setup, base):
+    """The proximal term holds the model at cameras around the object, not only at the rig: the
+    correction then changes the model less from directions no rig view sees (where it used to grow
+    floaters, docs/completion.md) while it fits the photos as well."""
+    from viewforge.engine.mvgen.base import orbit_camera as orbit
+    from viewforge.engine.sampling.aware import render_views
+    from viewforge.engine.sampling.rvc import RVCConfig, compensate
+
+    m, orc, anchors = setup
+    held = [orbit(15 + 45 * k, 0 if k % 2 == 0 else 30, 4.5, 30, 64, f"held{k}") for k in range(8)]
+
+    def white(x):
+        return x[..., :3] * x[..., 3:4] + 1 - x[..., 3:4]
+
+    r0 = render_views(base.splats, held)
+    change, gain = {}, {}
+    for pv in (0, 16):
+        c = compensate(base.splats, anchors, orc.cameras(), RVCConfig(steps=40, prox_views=pv), fit=_cfg().fit)
+        change[pv] = np.mean([np.abs(white(a) - white(b)).mean() for a, b in zip(render_views(c.splats, held), r0)])
+        gain[pv] = np.mean(c.losses_before) - np.mean(c.losses_after)
+    assert RVCConfig().prox_views == 16
+    assert change[16] < 0.85 * change[0], change
+    assert gain[16] > 0.9 * gain[0] > 0, gain
+    with pytest.raises(InputError):
+        RVCConfig(prox_batch=0)

@@ -11,16 +11,21 @@ derivation):
    where its weights exist: they are not shipped, so that term is off) between the splats ``R``
    fitted in the sampler's loop, rendered at the photo's camera on white, and the photo on white.
    Views with ``L_i > max_loss`` (0.8) are dropped as unreliable (a wrong pose, another object).
-2. The corrected clean prediction is a *proximal* gradient step in the space of the generated
+2. The corrected clean prediction is a *proximal* gradient step in the space of the model's
    views, solved through the splats:
 
-       R* = argmin_theta  lambda * mean_{i kept} L_i(theta) + 1/2 mean_j || P_j(theta) - P_j(R) ||^2
+       R* = argmin_theta  lambda * mean_{i kept} L_i(theta) + 1/2 mean_{j in H} || P_j(theta) - P_j(R) ||^2
 
-   with ``P_j`` the render at rig camera ``j`` (on white, the squared norm a per-pixel mean). For
-   a model that could change each generated view freely, its solution is
-   ``x0* = x0 - lambda grad_x0 L`` to first order: the paper's ``x0 + lambda dv`` with the
-   gradient in per-pixel units; the proximal form is the one that stays stable for any lambda.
-   It is solved by ``steps`` Adam steps (the fit's learning rates) from ``R``.
+   with ``P_j`` the render at camera ``j`` (on white, the squared norm a per-pixel mean) and ``H``
+   the cameras that hold the model: the rig's plus ``prox_views`` (16) cameras spread over a
+   sphere around the point the rig looks at (:func:`shell_cameras`). For a model that could
+   change each view freely, the solution is ``x0* = x0 - lambda grad_x0 L`` to first order: the
+   paper's ``x0 + lambda dv`` with the gradient in per-pixel units; the proximal form is the one
+   that stays stable for any lambda. Holding the model at the rig alone left it free between the
+   rig's six views, and the optimiser used that freedom: Gaussians off the surface, seen by no
+   rig view, grew opaque to fit the photos (floaters, -2.2 dB at a held-out camera; docs/
+   completion.md). It is solved by ``steps`` Adam steps (the fit's learning rates) from ``R``,
+   each step one kept photo and ``prox_batch`` holding views, cycled in random order.
 3. The sampler turns the change into its own space through the generator's encode:
    ``x0' = x0 + E(P(R*)) - E(P(R))`` (engine/sampling/aware.py).
 """
@@ -61,6 +66,10 @@ class RVCConfig:
         fit's decay, 10x lower, gave less at the inputs, +1.0 dB, and lost more held-out, -0.56
         dB; the appearance alone, means, scales and rotations frozen: +0.1 and -0.47 dB). The other
         parameters use the fit's rates.
+    prox_views: cameras on a sphere around the object, besides the rig's, at which the proximal
+        term holds the model to its renders before the correction (default 16; 0: the rig only,
+        which let floaters between the rig's views grow: module docstring).
+    prox_batch: holding views per Adam step (default 2).
     """
 
     strength: float = 0.1
@@ -71,6 +80,8 @@ class RVCConfig:
     l1_weight: float = 1.0
     lpips_weight: float = 1.0
     lr_means: float | None = None
+    prox_views: int = 16
+    prox_batch: int = 2
 
     def __post_init__(self) -> None:
         if not (self.strength >= 0 and np.isfinite(self.strength)):
@@ -79,6 +90,9 @@ class RVCConfig:
             raise InputError(f"RVC t_max {self.t_max} is outside [0, 1]", "use a fraction of the schedule, e.g. 0.5")
         if self.steps < 0:
             raise InputError(f"RVC steps {self.steps} < 0", "use a number of steps such as 100")
+        if self.prox_views < 0 or self.prox_batch < 1:
+            raise InputError(f"RVC prox_views {self.prox_views} / prox_batch {self.prox_batch}",
+                             "use prox_views >= 0 (e.g. 16) and prox_batch >= 1 (e.g. 2)")
 
     def active(self, t: int, num_train_timesteps: int) -> bool:
         return self.strength > 0 and self.steps > 0 and t < self.t_max * num_train_timesteps
@@ -140,6 +154,41 @@ class _Renderer:
         return r[0, ..., :3].clamp(0, 1)
 
 
+def shell_cameras(rig: Sequence[Camera], n: int) -> list[Camera]:
+    """``n`` cameras looking at the point ``O`` the rig looks at, from directions spread evenly
+    over the sphere (a Fibonacci lattice about the rig's mean up), at the rig's mean distance,
+    with the first rig camera's intrinsics. ``O`` is the least-squares point closest to the rig's
+    optical axes, ``sum_j (I - d_j d_j^T) O = sum_j (I - d_j d_j^T) C_j``."""
+    from ..cameras import look_at
+
+    if n <= 0:
+        return []
+    if len(rig) < 2:
+        raise InputError("the RVC holding cameras need a rig of at least 2 cameras", "give the generator's rig")
+    a, b, ups = np.zeros((3, 3)), np.zeros(3), []
+    for c in rig:
+        d = c.R[2] / np.linalg.norm(c.R[2])
+        p = np.eye(3) - np.outer(d, d)
+        a, b = a + p, b + p @ c.center
+        ups.append(-c.R[1])  # image up in the world
+    o = np.linalg.lstsq(a, b, rcond=None)[0]
+    dist = float(np.mean([np.linalg.norm(c.center - o) for c in rig]))
+    up = np.mean(ups, axis=0)
+    up = up / np.linalg.norm(up) if np.linalg.norm(up) > 1e-6 else np.array([0.0, 0.0, 1.0])
+    e1 = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(up, e1)
+    c0, golden = rig[0], np.pi * (3.0 - np.sqrt(5.0))
+    out = []
+    for k in range(n):
+        z = 1.0 - 2.0 * (k + 0.5) / n
+        r = np.sqrt(max(1.0 - z * z, 0.0))
+        d = r * np.cos(golden * k) * e1 + r * np.sin(golden * k) * e2 + z * up
+        out.append(Camera(c0.fx, c0.fy, c0.cx, c0.cy, c0.width, c0.height, look_at(o + dist * d, o, up),
+                          name=f"rvc_hold{k}"))
+    return out
+
+
 def anchor_losses(splats: "Splats", anchors: Sequence["Anchor"], config: RVCConfig = RVCConfig(), *,
                   device: str = "auto", backend: str = "auto") -> list[float]:
     """``L_i`` of the splats at every anchor (no gradient)."""
@@ -183,9 +232,10 @@ def compensate(splats: "Splats", anchors: Sequence["Anchor"], rig: Sequence[Came
     if not ids or not config.steps or config.strength <= 0:
         return RVCResult(splats, names, before, list(before), kept)
     deg = splats.sh_degree
+    hold = list(rig) + shell_cameras(rig, config.prox_views)  # where the model is held (docstring)
     with torch.no_grad():
         p0 = {k: v.to(dev) for k, v in splats.as_dict().items()}
-        rig_targets = [render(p0, c, deg).detach() for c in rig]
+        hold_targets = [render(p0, c, deg).detach() for c in hold]
     targets = {i: torch.from_numpy(_on_white(np.asarray(anchors[i].rgba, np.float32))).to(dev) for i in ids}
     params = {k: torch.nn.Parameter(v.clone()) for k, v in p0.items()}
     scale = scene_scale(list(rig) + [a.camera for a in anchors])
@@ -201,11 +251,14 @@ def compensate(splats: "Splats", anchors: Sequence["Anchor"], rig: Sequence[Came
         check(cancel)
         if not order_i:
             order_i = list(rng.permutation(ids))
-        if not order_j:
-            order_j = list(rng.permutation(len(rig)))
-        i, j = order_i.pop(), order_j.pop()
+        i = order_i.pop()
         data = view_loss(render(params, anchors[i].camera, deg), targets[i], config)
-        prox = 0.5 * ((render(params, rig[j], deg) - rig_targets[j]) ** 2).mean()
+        prox = 0.0
+        for _ in range(config.prox_batch):
+            if not order_j:
+                order_j = list(rng.permutation(len(hold)))
+            j = order_j.pop()
+            prox = prox + 0.5 * ((render(params, hold[j], deg) - hold_targets[j]) ** 2).mean() / config.prox_batch
         loss = lam * data + prox
         if not torch.isfinite(loss):
             log.warning("RVC: non-finite loss at step %d; keeping the model as it was", step)
