@@ -383,6 +383,10 @@ def _setup_scene(bpy, scene, *, resolution: int, samples: int, seed: int, denois
     cy.use_animated_seed = False
     cy.use_adaptive_sampling = False
     cy.use_denoising = bool(denoise)
+    # Cycles' default pixel filter, set explicitly: transforms.json records it and the mesh
+    # evaluation renders meshes with the same filter (engine/mesh/evaluate.py image_formation)
+    cy.pixel_filter_type = "BLACKMAN_HARRIS"
+    cy.filter_width = 1.5
     if denoise:
         import _cycles  # Cycles' C module, shipped with bpy
 
@@ -519,6 +523,7 @@ def render_views(
             "seed": int(seed),
             "denoise": bool(denoise),
             "view_transform": "Standard",
+            "pixel_filter": {"type": str(scene.cycles.pixel_filter_type), "width": float(scene.cycles.filter_width)},
             "film_transparent": True,
             "world": "uniform white, strength 1",
             "camera_distance": distance,

@@ -273,6 +273,87 @@ def test_silhouette_offset_recovers_an_inflation_of_the_surface():
     assert d == pytest.approx(-0.03, abs=0.004)
 
 
+def test_silhouette_refine_moves_each_part_of_the_outline_onto_the_masks():
+    """A sphere of radius 0.8 against the masks of an ellipsoid (1.0, 0.8, 0.65): one global
+    offset cannot fit both axes, the per-vertex refinement follows each."""
+    from viewforge.engine.mesh.silhouette import coverage, silhouette_refine
+
+    sphere = _sphere(4)
+    axes = np.array([1.0, 0.8, 0.65])
+    cams = _cams(12, 96)
+    masks = [coverage(sphere.vertices * axes, sphere.faces, c, 4) for c in cams]
+    start = sphere.vertices * 0.8
+
+    def mask_error(v):
+        return float(np.mean([np.abs(coverage(v, sphere.faces, c) - m).sum() for c, m in zip(cams, masks)]))
+
+    def off_surface(v):  # relative distance from the ellipsoid along the ray from its centre
+        return np.abs(np.linalg.norm(v / axes, axis=1) - 1.0)
+
+    moved = silhouette_refine(start, sphere.faces, cams, masks, max_offset=0.3, iterations=3)
+    assert np.median(off_surface(start)) > 0.08
+    assert np.median(off_surface(moved)) < 0.01 and np.percentile(off_surface(moved), 90) < 0.025
+    assert mask_error(moved) < 0.1 * mask_error(start)
+    # offsets are capped
+    capped = silhouette_refine(start, sphere.faces, cams, masks, max_offset=0.05, iterations=3)
+    assert np.linalg.norm(capped - start, axis=1).max() <= 0.05 + 1e-9
+
+
+def test_pixel_filters_follow_cycles_widths_and_sum_to_one():
+    from viewforge.engine.mesh.raster import PixelFilter
+
+    bh = PixelFilter("blackman_harris", 1.5)
+    assert bh.weights(np.array([0.0]))[0] == pytest.approx(1.0, abs=1e-4)  # the window's peak
+    assert bh.weights(np.array([1.49]))[0] < 1e-3 and bh.weights(np.array([1.6]))[0] == 0.0
+    g = PixelFilter("gaussian", 2.0)  # sigma = width / 4
+    assert g.weights(np.array([0.5]))[0] == pytest.approx(math.exp(-0.5), rel=1e-6)
+    for filt in (bh, g, PixelFilter("box", 1.0)):
+        m = filt.matrix(10, 4)
+        assert m.shape == (10, 40) and np.allclose(m.sum(1), 1.0)
+    # the box of width 1 over 4 samples per pixel is the plain 4-sample mean
+    assert np.allclose(PixelFilter("box", 1.0).matrix(3, 4), np.kron(np.eye(3), np.full((1, 4), 0.25)))
+    with pytest.raises(ValueError):
+        PixelFilter("lanczos").weights(np.zeros(1))
+
+
+def test_filtered_render_softens_an_edge_as_the_filter_says():
+    """A quad covering exactly the left half of the image: the box-filtered render is 0/1 at the
+    edge, the Blackman-Harris render ramps over +-1.5 px, symmetric about the edge."""
+    from viewforge.engine.mesh.raster import PixelFilter, render_filtered
+
+    f = 32.0
+    cam = Camera(f, f, 16, 16, 32, 32, look_at((0, 0, 2), (0, 0, 0), (0, 1, 0)))
+    # image x grows with world -x here? place the quad by projecting: cover x_img < 16
+    half = 2.0 * 16 / f  # half the image width at depth 2
+    quad = Mesh(np.array([[-half, -3, 0], [0, -3, 0], [0, 3, 0], [-half, 3, 0]], float),
+                np.array([[0, 1, 2], [0, 2, 3]]))
+    xy, _ = cam.project(quad.vertices[[0, 1]])
+    left = xy[:, 0].min() < 1  # which side of the image the quad lands on
+    _, a_box = render_textured(quad, cam)
+    _, a_bh = render_filtered(quad, cam, PixelFilter("blackman_harris", 1.5))
+    row_box, row = a_box[16], a_bh[16]
+    inside = slice(0, 16) if left else slice(16, 32)
+    assert np.all(np.isin(row_box, [0.0, 1.0])) and row_box[inside].min() == 1.0
+    edge_in, edge_out = (15, 16) if left else (16, 15)
+    assert 0.5 < row[edge_in] < 1.0 and 0.0 < row[edge_out] < 0.5
+    assert row[edge_in] + row[edge_out] == pytest.approx(1.0, abs=1e-4)
+    far_in, far_out = (12, 19) if left else (19, 12)
+    assert row[far_in] == pytest.approx(1.0) and row[far_out] == pytest.approx(0.0)
+
+
+def test_image_formation_reads_the_recorded_renderer():
+    from viewforge.engine.mesh.evaluate import image_formation
+    from viewforge.engine.mesh.raster import PixelFilter
+
+    meta = {"renderer": {"engine": "CYCLES", "pixel_filter": {"type": "GAUSSIAN", "width": 2.0}}, "source_size": [256, 256]}
+    assert image_formation(meta) == (PixelFilter("gaussian", 2.0), (256, 256))
+    # render-views before it recorded its filter: Cycles' default
+    assert image_formation({"renderer": {"engine": "CYCLES"}}) == (PixelFilter("blackman_harris", 1.5), None)
+    # photos: no renderer, a box at the loaded size
+    assert image_formation({"source_size": [4000, 3000]}) == (None, (4000, 3000))
+    assert image_formation(None) == (None, None)
+
+
 SMALL = MeshConfig(faces=3000, texture_size=256, grid=64, fuse_views=16, fuse_size=96, bake_render_views=6,
                    device="cpu")
 

@@ -87,7 +87,7 @@ def test_camera_angle_x_form_nerf_synthetic(tmp_path):
     )
     posed = load_posed_set(tmp_path / "transforms_train.json")
     assert len(posed) == 3 and posed.names == ["r_0", "r_1", "r_2"]
-    assert posed.meta == {"aabb_scale": 4}
+    assert posed.meta == {"aabb_scale": 4, "source_size": [48, 32]}  # the images' size as read
     for cam, w2c, px, img, mask in zip(posed.cameras, w2cs, pixels, posed.images, posed.masks):
         assert (cam.width, cam.height) == (48, 32)
         assert cam.fx == pytest.approx(0.5 * 48 / math.tan(0.5 * angle))
@@ -390,7 +390,8 @@ def test_write_and_read_back(tmp_path):
     assert data["aabb_scale"] == 2 and data["note"] == "x" and "fl_x" not in data  # per-frame intrinsics
     assert data["frames"][0]["fl_x"] == 40.0 and data["frames"][0]["k1"] == 0.01
     back = load_posed_set(out / "transforms.json", undistort=False)
-    assert back.meta == {"aabb_scale": 2, "note": "x"}
+    assert "source_size" not in data  # the loader's note about the files it read is not written back
+    assert back.meta == {"aabb_scale": 2, "note": "x", "source_size": [32, 24]}
     assert back.names == ["0000_view_0", "0001_view_1", "0002_view_2"]
     for a, b in zip(posed.cameras, back.cameras):
         np.testing.assert_allclose(b.K, a.K, atol=1e-9)

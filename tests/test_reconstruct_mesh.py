@@ -42,7 +42,8 @@ def test_cli_reconstruct_glb_is_a_textured_mesh_close_to_the_truth(sphere_set, t
     assert m["num_faces"] <= 3000 and m["num_gaussians"] > 100
     # 40 px photos of splat discs whose silhouette is ~4 % wider than the unit sphere
     assert m["fscore"] > 0.9 and m["chamfer"] < 0.1, m
-    assert m["psnr"] > 20 and m["psnr_splat"] > 20 and abs(m["psnr"] - m["psnr_splat"]) < 5, m
+    # the mesh may beat the small splat fit (its outline follows the photos' masks), not trail it by much
+    assert m["psnr"] > 20 and m["psnr_splat"] > 20 and m["psnr"] > m["psnr_splat"] - 5, m
     assert {"fit", "mesh_fuse", "mesh_unwrap", "mesh_bake", "write"} <= set(m["seconds"])
     mesh = read_mesh(out)
     assert mesh.texture is not None and mesh.texture.shape[:2] == (256, 256) and mesh.uvs is not None

@@ -223,6 +223,8 @@ def test_render_views_writes_rgba_pngs_and_transforms(rendered):
     assert set(n) >= {"scale", "offset"} and len(n["offset"]) == 3
     assert meta["source_mesh"] == "demo.glb"
     assert meta["renderer"]["engine"] == "CYCLES" and meta["renderer"]["view_transform"] == "Standard"
+    # the pixel filter the mesh evaluation reproduces (engine/mesh/evaluate.py image_formation)
+    assert meta["renderer"]["pixel_filter"] == {"type": "BLACKMAN_HARRIS", "width": 1.5}
     assert [e.step for e in events if e.stage == "render"][-1] == 6
     assert events[-1].fraction == 1.0
     # no temporary siblings left next to the output

@@ -33,6 +33,10 @@ IMAGE_SUFFIXES_TRIED = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
 #: Top-level transforms.json keys that describe cameras; every other top-level key except
 #: "frames" is kept in ``PosedSet.meta`` and written back by :func:`write_posed_set`.
+#: Keys :func:`load_posed_set` adds to ``PosedSet.meta`` about the files it read (not written back:
+#: ``source_size``, the images' size before the loader resized them, when they share one).
+LOADER_KEYS = frozenset({"source_size"})
+
 CAMERA_KEYS = frozenset(
     {
         "camera_angle_x",
@@ -226,6 +230,7 @@ def load_posed_set(
     images: list[np.ndarray] = []
     alphas: list[np.ndarray | None] = []
     names: list[str] = []
+    source_sizes: set[tuple[int, int]] = set()
     for i, (frame, path) in enumerate(zip(frames, paths)):
         check(cancel)
         assert path is not None
@@ -234,6 +239,7 @@ def load_posed_set(
         except ImageError as e:
             raise ImageError(f"{_frame_label(i, frame)}: {e.message}", e.fix) from None
         h, w = rgb.shape[:2]
+        source_sizes.add((w, h))
         cam = _camera_for_image(meta, frame, i, (w, h))
         if undistort and cam.distortion is not None:
             rgb, alpha, cam = undistort_image(rgb, cam, alpha)
@@ -256,6 +262,10 @@ def load_posed_set(
     if any(a is not None for a in alphas):
         masks = [a if a is not None else np.ones(img.shape[:2], np.float32) for a, img in zip(alphas, images)]
     extra = {k: v for k, v in meta.items() if k not in CAMERA_KEYS}
+    if len(source_sizes) == 1:
+        # the size the images were made at, before any resize here (how the mesh is evaluated
+        # against them: engine/mesh/evaluate.py ``image_formation``)
+        extra["source_size"] = list(next(iter(source_sizes)))
     log.info("loaded %d images from %s", n, json_path)
     return PosedSet(cameras=cameras, images=images, masks=masks, names=names, meta=extra)
 
@@ -292,7 +302,8 @@ def write_posed_set(posed: PosedSet, out_dir: str | os.PathLike, *, image_format
     clash = sorted(set(posed.meta) & (CAMERA_KEYS | set(transforms)))
     if clash:
         log.debug("meta keys %s are camera data and are written from the cameras", clash)
-    out: dict[str, Any] = {k: v for k, v in posed.meta.items() if k not in CAMERA_KEYS and k not in transforms}
+    out: dict[str, Any] = {k: v for k, v in posed.meta.items()
+                           if k not in CAMERA_KEYS and k not in LOADER_KEYS and k not in transforms}
     out.update(transforms)
     try:
         text = json.dumps(out, indent=2)

@@ -67,13 +67,65 @@ def chamfer_fscore(pred: Mesh, gt: Mesh, *, samples: int = SAMPLES, radius: floa
             "recall": recall}
 
 
+#: Cycles' default pixel filter, assumed for posed sets that ``render-views`` wrote before it
+#: recorded its filter (their transforms.json says only ``"renderer": {"engine": "CYCLES"}``).
+CYCLES_DEFAULT_FILTER = ("BLACKMAN_HARRIS", 1.5)
+
+
+def image_formation(meta: dict[str, Any] | None):
+    """How the posed set's images were made, as far as its transforms.json records it:
+    (pixel filter or None, source (width, height) or None).
+
+    ``render-views`` records Cycles' pixel filter (``renderer.pixel_filter``); the loader records
+    the images' size before it resized them (``source_size``, when they all share one). Photos
+    record no renderer (None: the mesh is rendered with a 3 x 3 box)."""
+    from .raster import PixelFilter
+
+    meta = meta or {}
+    renderer = meta.get("renderer") if isinstance(meta.get("renderer"), dict) else {}
+    pf = renderer.get("pixel_filter")
+    kind = width = None
+    if isinstance(pf, dict):
+        kind, width = pf.get("type"), pf.get("width")
+    elif str(renderer.get("engine", "")).upper() == "CYCLES":
+        kind, width = CYCLES_DEFAULT_FILTER
+    filt = None
+    kinds = {"BLACKMAN_HARRIS": "blackman_harris", "GAUSSIAN": "gaussian", "BOX": "box"}
+    if isinstance(kind, str) and kind.upper() in kinds and isinstance(width, (int, float)) and width > 0:
+        filt = PixelFilter(kinds[kind.upper()], float(width))
+    size = None
+    src = meta.get("source_size")
+    if isinstance(src, (list, tuple)) and len(src) == 2 and all(isinstance(x, int) and x > 0 for x in src):
+        size = (int(src[0]), int(src[1]))
+    return filt, size
+
+
+def render_as_images(mesh: Mesh, camera, meta: dict[str, Any] | None) -> np.ndarray:
+    """The textured mesh rendered unlit at ``camera`` the way the posed set's images were made
+    (:func:`image_formation`): at the source size with the source renderer's pixel filter, then
+    resized to the camera's size as the loader resized the images (rgb and alpha apart), and
+    composited on white. Without a recorded renderer: 3 x 3 samples per pixel, box filter."""
+    from ..images import resize
+    from ..metrics import composite_on_white
+    from .raster import render_filtered, render_textured
+
+    filt, size = image_formation(meta)
+    if filt is None:
+        return composite_on_white(*render_textured(mesh, camera))
+    src = camera if size is None or size[0] < camera.width else camera.resized(*size)
+    rgb, alpha = render_filtered(mesh, src, filt)
+    if (src.width, src.height) != (camera.width, camera.height):
+        rgb, alpha = resize(rgb, camera.width, camera.height), resize(alpha, camera.width, camera.height)
+    return composite_on_white(rgb, alpha)
+
+
 def image_scores(mesh: Mesh, posed: PosedSet) -> dict[str, float | None]:
     """Mean PSNR/SSIM of the textured mesh rendered (unlit) at the posed cameras vs the images,
-    both composited on white."""
-    from ..metrics import composite_on_white, view_scores
-    from .raster import render_textured
+    both composited on white; the mesh is rendered the way the images were made
+    (:func:`render_as_images`: a renderer's recorded pixel filter and size, else a 3 x 3 box)."""
+    from ..metrics import view_scores
 
-    preds = [composite_on_white(*render_textured(mesh, cam)) for cam in posed.cameras]
+    preds = [render_as_images(mesh, cam, posed.meta) for cam in posed.cameras]
     return view_scores(preds, posed.images, posed.masks)
 
 

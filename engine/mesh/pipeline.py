@@ -54,6 +54,11 @@ class MeshConfig:
         its silhouettes and held-out renders best; docs/mesh.md has the measurements).
     calibrate_silhouette: move the surface along its normals by the one offset (within 1.5
         voxels) that best matches the photos' masks (default True; photos with masks only).
+    silhouette_refine_iterations: then move each vertex along its normal so the mesh's outline
+        follows the masks where it is an outline (engine/mesh/silhouette.py
+        ``silhouette_refine``; offsets smoothed over the mesh, at most
+        ``silhouette_refine_voxels`` voxels); rounds (default 3; 0 = off).
+    silhouette_refine_voxels: see above (default 2.5).
     min_component: components with less than this fraction of the largest's area are dropped.
     smooth_iterations: Taubin smoothing passes after marching cubes (default 5).
     bake_render_views: splat renders used for texels no photo sees (default 24; 0 = none).
@@ -78,6 +83,8 @@ class MeshConfig:
     ray_sigmas: float = 2.5
     depth_sigmas: float = 2.0
     calibrate_silhouette: bool = True
+    silhouette_refine_iterations: int = 3
+    silhouette_refine_voxels: float = 2.5
     min_component: float = 0.05
     smooth_iterations: int = 5
     bake_render_views: int = 24
@@ -177,6 +184,12 @@ def splats_to_mesh(
         offset = silhouette_offset(v, f, [r.camera for r in reduced], [r.mask for r in reduced],
                                    step=0.25 * volume.voxel, cancel=cancel)
         v = v + offset * unit_normals(v, f)
+        if config.silhouette_refine_iterations > 0:
+            from .silhouette import silhouette_refine
+
+            v = silhouette_refine(v, f, [r.camera for r in reduced], [r.mask for r in reduced],
+                                  max_offset=config.silhouette_refine_voxels * volume.voxel,
+                                  iterations=config.silhouette_refine_iterations, cancel=cancel)
         seconds["silhouette"] = time.perf_counter() - t
 
     t = time.perf_counter()
