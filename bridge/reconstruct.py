@@ -86,10 +86,11 @@ class ReconstructRequest:
 
 @dataclass
 class PreparedJob:
-    """A checked job: its spec, the temporary folder with the posed set, where to import."""
+    """A checked job: its spec, the temporary folder with the posed set (None when the job reads
+    the user's photo folder directly: photos without cameras), where to import."""
 
     spec: JobSpec
-    work_dir: Path
+    work_dir: Path | None
     scene_name: str
     object_name: str
     keep_output: bool = True
@@ -98,7 +99,8 @@ class PreparedJob:
     cameras_out: Path | None = None
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.work_dir, ignore_errors=True)
+        if self.work_dir is not None:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,9 +336,8 @@ def _prepare_photos_without_cameras(scene, req: ReconstructRequest) -> PreparedJ
     while cameras_out.exists():
         cameras_out = out.with_name(f"{out.stem}_cameras_{k}")
         k += 1
-    work = Path(tempfile.mkdtemp(prefix="viewforge-job-"))
     spec = JobSpec("reconstruct", str(folder), str(out), _job_options(req, cameras_out=str(cameras_out)), name=out.stem)
-    return PreparedJob(spec, work, scene.name, out.stem, req.keep_output, [p.stem for p in photos], warnings,
+    return PreparedJob(spec, None, scene.name, out.stem, req.keep_output, [p.stem for p in photos], warnings,
                        cameras_out=cameras_out)
 
 

@@ -644,6 +644,13 @@ def test_photos_without_cameras_become_cameras_and_a_mesh(registered, photo_fold
     (one / "a.png").write_bytes(next(folder.glob("*.png")).read_bytes())
     _fails(bpy, "holds 1 photo", photo_source="PHOTOS", photo_folder=str(one), output_folder=str(tmp_path / "out"))
     _fails(bpy, "does not exist", photo_folder=str(tmp_path / "nowhere"))
+    from viewforge.bridge.reconstruct import ReconstructRequest, prepare_reconstruct
+
+    # the job reads the photo folder itself: no temporary copy is made
+    prepared = prepare_reconstruct(bpy.context.scene, ReconstructRequest(
+        photo_source="PHOTOS", photo_folder=str(folder), output_folder=str(tmp_path / "out"), complete="off"))
+    assert prepared.work_dir is None and prepared.spec.input == str(folder)
+    prepared.cleanup()
     s = bpy.context.scene.viewforge
     s.photo_folder = str(folder)
     s.quality, s.device = "DRAFT", "CPU"
