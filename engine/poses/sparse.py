@@ -31,6 +31,10 @@ rms / max_rms_px)`` and reliable = accepted at least once.
 Optionally (``photometric``) a second stage aligns the reliable cameras photometrically to the
 model (:func:`viewforge.engine.poses.photometric.align_cameras`, L-BFGS on the image and alpha
 error); docs/poses.md reports what each stage gives.
+
+:func:`refine_photo_rig` is the few-photo stage that completion runs first: the photos against
+each other, without a model (feature matches + bundle adjustment with the centres held, accepted
+only where the matches then agree better than at the input cameras); docs/poses.md section 3.
 """
 
 from __future__ import annotations
