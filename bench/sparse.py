@@ -17,10 +17,10 @@ box centre at the origin, longest side 2, +Z up):
   the photo, taken at the true camera. Completion places the rig from the cameras it is given.
 - **Methods**: recon (fit the photos only, the existing fit + mesh stage, the same fit budget as
   completion), complete (engine/complete.py, RVC off), complete_rvc (RVC on, lambda 0.1).
-- **Pose refinement** (perturbed rows, unless ``--no-refine``): engine/complete.py ``_refine``
-  once the model exists: the photos against each other (``refine_photo_rig``), else against the
-  model (``refine_cameras_to_model``; for recon the photos' model); then the rig is re-placed
-  from the refined reference camera and the model refitted from scratch.
+- **Pose refinement** (perturbed rows, unless ``--no-refine``): ``CompleteConfig(refine_cameras=
+  True)``: the photos against each other before sampling (engine/poses/sparse.py
+  ``refine_photo_rig``); photos that do not match keep their poses (the fallback against the
+  model is off). recon: the same stage before its fit.
 
 Columns: rot_err_before/after: median rotation error (degrees) of the input cameras used vs the
 true ones, absolute; rot_err_aligned_before/after: the same after the best global rotation (the
@@ -99,21 +99,21 @@ def _mean_psnr(renders, truths) -> float:
 
 
 def run_recon(photos: PosedSet, settings: dict, refine: bool, seed: int):
-    """Photos only: the existing fit (same budget as completion's fits), optional refinement + refit."""
-    from viewforge.engine.complete import _refine, prepare_photos
+    """Photos only: the existing fit (same budget as completion's fits), optionally at the cameras
+    refined against each other."""
+    from viewforge.engine.complete import _refine_photos_first, prepare_photos
     from viewforge.engine.sampling.aware import SAMPLER_FIT
     from viewforge.engine.splat.fit import fit_splats
 
     ph = prepare_photos(photos, PHOTO_SIZE)
+    note = None
+    if refine:  # the photos against each other, as completion does before sampling
+        ph, note = _refine_photos_first(photos, ph, None, None)
+        note = note or "input poses kept"
     budget = settings["fit_iterations"] + 3 * settings["warm_iterations"]
     cfg = replace(SAMPLER_FIT, iterations=budget, device="cpu", seed=seed)
     splats = fit_splats(ph, cfg).splats
-    cams, note = list(ph.cameras), None
-    if refine:
-        new, note = _refine(prepare_photos(photos, 512), splats, None, None)
-        cams = [c.resized(p.width, p.height) for c, p in zip(new, ph.cameras)]
-        ph = PosedSet(cams, ph.images, ph.masks, ph.names)
-        splats = fit_splats(ph, cfg).splats  # refit from scratch, as completion does
+    cams = list(ph.cameras)
     return splats, ph, cams, note
 
 

@@ -22,9 +22,12 @@ cameras' frame (issue 7, seed 001 ReconViaGen; docs/completion.md has the math).
 5. **Sampling** (engine/sampling/aware.py) with the rig at those cameras and *all* photos as
    anchors at their own cameras (weight ``photo_weight``; generated views weight 1), RVC on by
    default (engine/sampling/rvc.py).
-6. Optionally the cameras are refined (engine/poses/sparse.py: against each other, else against the model),
-   the rig re-placed from the refined reference camera and the model refitted (plus one RVC
-   correction when RVC is on); then the mesh stage (engine/mesh) bakes the photos and the views.
+6. Optionally (``refine_cameras``) the cameras are refined against each other *before* steps
+   2-4 (engine/poses/sparse.py ``refine_photo_rig``), so the rig is placed and the model fitted at
+   the refined cameras; photos that do not match keep their poses, or (``refine_fallback``)
+   are refined against the model after sampling, the rig re-placed and the model refitted (plus
+   one RVC correction when RVC is on). Then the mesh stage (engine/mesh) bakes the photos and
+   the views.
 """
 
 from __future__ import annotations
@@ -69,10 +72,11 @@ class CompleteConfig:
     fill: the object's share of the condition image side (default 0.8, as prepare_image).
     photo_size: longer side of the photos in the fits, pixels (default 256).
     fit_iterations, warm_iterations: the sampler's first and later fits.
-    refine_cameras: refine the photo cameras (against each other by feature matches, else
-        against the model by render-match-PnP; see ``_refine``), then re-place the rig and refit.
-    refine_fallback: when the photos do not match each other, refine them against the model
-        (render-match-PnP) instead of keeping their poses (default False: unreliable here).
+    refine_cameras: refine the photo cameras against each other before sampling (feature
+        matches; ``_refine_photos_first``); the rig is placed from the refined cameras.
+    refine_fallback: when the photos do not match each other, refine them after sampling against
+        the model (render-match-PnP), re-place the rig and refit (default False: unreliable here;
+        ``_refine``).
     make_mesh: run the mesh stage (default True; a .glb output needs it).
     faces, texture_size: mesh face budget and texture side.
     mesh: overrides of MeshConfig fields. fit: overrides of the sampler's FitConfig fields.
@@ -372,25 +376,40 @@ def layout(photos: PosedSet, gen_cameras: Sequence[Camera], gen_reference: Camer
 # ---------------------------------------------------------------------------------------------
 
 
-def _refine(photos: PosedSet, splats, progress, cancel, *, fallback: bool = False) -> tuple[list[Camera], str]:
-    """The photos' cameras refined (docs/poses.md, "A few photos"): against each other
-    (engine/poses/sparse.py ``refine_photo_rig``: SIFT matches between the photos, bundle
-    adjustment, the similarity back onto the input rig; a pose changes only where the photos'
-    matches then agree better than at the input cameras). When the photos do not match (weak
-    texture) they keep their poses, or with ``fallback`` are refined by render-match-PnP against
-    ``splats`` (``refine_cameras_to_model``; the model was fitted to the photos at the input
-    cameras and has absorbed their errors: measured on bench/sparse.py's Duck it made 4 photos
-    worse, 2.40 -> 3.77 degrees after alignment)."""
-    from .poses.sparse import PhotoRigConfig, SparseRefineConfig, refine_cameras_to_model, refine_photo_rig
+def _refine_photos_first(posed: PosedSet, photos: PosedSet, progress, cancel) -> tuple[PosedSet, str | None]:
+    """Before sampling: the photos' cameras refined against each other (engine/poses/sparse.py
+    ``refine_photo_rig``: SIFT matches between the photos at up to REFINE_SIZE px, bundle
+    adjustment with the centres held, the similarity back onto the input rig; a pose changes
+    only where the photos' matches then agree better than at the input cameras). Returns the
+    working-size photos at the refined cameras and a note, or ``photos`` and None when the
+    photos do not match (weak texture; then ``_refine`` may run after sampling)."""
+    from .poses.sparse import PhotoRigConfig, refine_photo_rig
 
-    rig = refine_photo_rig(photos, PhotoRigConfig(max_size=REFINE_SIZE), progress=progress, cancel=cancel)
-    if any(rig.refined):
-        kept = len(photos) - sum(rig.refined)
-        note = "refined against each other" + (f" ({kept} of {len(photos)} kept their input pose)" if kept else "")
-        return list(rig.cameras), note
+    sharp = prepare_photos(posed, REFINE_SIZE) if REFINE_SIZE > max(max(c.width, c.height) for c in photos.cameras) \
+        else photos
+    rig = refine_photo_rig(sharp, PhotoRigConfig(max_size=REFINE_SIZE), progress=progress, cancel=cancel)
+    if not any(rig.refined):
+        log.info("pose refinement before sampling: %s", rig.note)
+        return photos, None
+    cams = [c.resized(p.width, p.height) for c, p in zip(rig.cameras, photos.cameras)]
+    kept = len(photos) - sum(rig.refined)
+    note = "refined against each other" + (f" ({kept} of {len(photos)} kept their input pose)" if kept else "")
+    log.info("pose refinement before sampling: %s", rig.note)
+    return PosedSet(cams, photos.images, photos.masks, photos.names, photos.meta), note
+
+
+def _refine(photos: PosedSet, splats, progress, cancel, *, fallback: bool = False) -> tuple[list[Camera], str]:
+    """After sampling, for photos that did not match each other (``_refine_photos_first``): with
+    ``fallback``, their cameras refined by render-match-PnP against ``splats``
+    (engine/poses/sparse.py ``refine_cameras_to_model``; views without reliable matches keep
+    their input pose); without it the input poses are kept. The model was fitted to the photos at
+    the input cameras and has absorbed their errors: measured on bench/sparse.py's Duck the PnP
+    made 4 photos worse (2.40 -> 3.77 and 2.19 -> 2.90 degrees after alignment), hence off by
+    default."""
+    from .poses.sparse import SparseRefineConfig, refine_cameras_to_model
+
     if not fallback:
-        log.warning("pose refinement: %s; the photos keep their input poses", rig.note)
-        return list(photos.cameras), f"input poses kept ({rig.note})"
+        return list(photos.cameras), "input poses kept (the photos do not match each other)"
     res = refine_cameras_to_model(photos, splats, SparseRefineConfig(), progress=progress, cancel=cancel)
     kept = sum(not v.reliable for v in res.views)
     return list(res.cameras), "refined" if not kept else f"refined ({kept} of {len(res.views)} kept their input pose)"
@@ -438,6 +457,11 @@ def complete(
         config.model, device=config.device, allow_download=config.allow_download, progress=progress)
     seconds["load_model"] = time.perf_counter() - t
     check(cancel)
+    refine_note = None
+    if config.refine_cameras:  # the photos against each other first: sampling then uses consistent cameras
+        t = time.perf_counter()
+        photos, refine_note = _refine_photos_first(posed, photos, progress, cancel)
+        seconds["refine_cameras"] = time.perf_counter() - t
     lay = layout(photos, gen.cameras(), gen.reference_camera(), reference=config.reference, fill=config.fill)
     log.info("completion: %d photos, reference %s, centre %s (%s), rig scale %.3f", len(photos),
              photos.names[lay.reference], np.round(lay.centre, 3).tolist(), lay.centre_method, lay.placement.scale)
@@ -450,13 +474,14 @@ def complete(
                  progress=progress, cancel=cancel)
     seconds.update({f"sample_{k}": v for k, v in res.seconds.items() if k != "total"})
     splats, cams = res.splats, list(photos.cameras)
-    refine_note = None
-    if config.refine_cameras:
+    if config.refine_cameras and refine_note is None:
         t = time.perf_counter()
         # the refinement matches features: it gets the photos at up to REFINE_SIZE px, not the fit's size
         sharp = prepare_photos(posed, REFINE_SIZE) if REFINE_SIZE > config.photo_size else photos
         new, refine_note = _refine(sharp, splats, progress, cancel, fallback=config.refine_fallback)
         cams = [c.resized(p.width, p.height) for c, p in zip(new, photos.cameras)]
+    if config.refine_cameras and any(not np.array_equal(a.world_to_camera, b.world_to_camera)
+                                     for a, b in zip(cams, photos.cameras)):
         photos = PosedSet(cams, photos.images, photos.masks, photos.names, photos.meta)
         anchors = anchors_of(photos, config.photo_weight)
         # the generator drew its views for the reference photo's true pose: re-place the rig
@@ -473,7 +498,7 @@ def complete(
                               cancel=cancel)
             splats = comp.splats
             res.rvc.append({"t": 0, "after_refinement": True, **comp.report()})
-        seconds["refine_cameras"] = time.perf_counter() - t
+        seconds["refine_cameras_after"] = time.perf_counter() - t
     check(cancel)
     metrics: dict[str, Any] = {
         "generator": gen.info.id, "steps": config.steps, "generator_evals": res.evaluations,

@@ -169,6 +169,7 @@ def test_refined_cameras_re_place_the_rig(scene, monkeypatch):
 
     m, rig, ref, posed = scene
     bad = PosedSet(perturb_cameras(posed.cameras, 3.0, 0.0, seed=0), posed.images, posed.masks, posed.names)
+    monkeypatch.setattr(C, "_refine_photos_first", lambda posed, photos, progress, cancel: (photos, None))
     monkeypatch.setattr(C, "_refine", lambda photos, splats, progress, cancel, **kw: (list(posed.cameras), "refined"))
     orc = PerturbedOracle.for_photos(m, posed, rig, ref)
     res = C.complete(bad, None, C.CompleteConfig(refine_cameras=True, make_mesh=False, **FAST), generator=orc)
@@ -196,8 +197,8 @@ def test_refined_cameras_re_place_the_rig(scene, monkeypatch):
 
 
 def test_refinement_keeps_the_poses_when_the_photos_do_not_match(scene):
-    """The real _refine on photos that share no features (flat colour): no pose changes, the
-    note says why, and the model is not needed (no fallback against it by default)."""
+    """The real refinement on photos that share no features (flat colour): no pose changes before
+    sampling (None: nothing refined) nor after it without the fallback, which needs no model."""
     import viewforge.engine.complete as C
     from viewforge.engine.io.types import PosedSet
     from viewforge.engine.poses.evaluate import perturb_cameras
@@ -205,6 +206,32 @@ def test_refinement_keeps_the_poses_when_the_photos_do_not_match(scene):
     _, _, _, posed = scene
     bad = perturb_cameras(posed.cameras, 3.0, 0.0, seed=0)
     flat = PosedSet(bad, [np.full_like(i, 0.7) for i in posed.images], posed.masks, posed.names)
-    cams, note = C._refine(flat, None, None, None)
+    photos = C.prepare_photos(flat, 256)
+    same, note = C._refine_photos_first(flat, photos, None, None)
+    assert same is photos and note is None
+    cams, note = C._refine(photos, None, None, None)
     assert all(np.array_equal(a.world_to_camera, b.world_to_camera) for a, b in zip(cams, bad))
-    assert note.startswith("input poses kept") and "not matched" in note
+    assert note.startswith("input poses kept")
+
+
+def test_photos_refined_against_each_other_before_sampling(monkeypatch):
+    """With photos that match (the textured spheres of test_poses_features.py, 3 photos from one
+    side, 3 degree errors) the first stage refines them at the working size; the model-based
+    fallback is not called."""
+    import viewforge.engine.complete as C
+    from viewforge.engine.io.types import PosedSet
+    from viewforge.engine.poses.evaluate import perturb_cameras, rotation_errors
+
+    from test_poses_features import _render
+    from test_poses_rig import _front
+
+    true = _front(size=256)
+    shots = [_render(c) for c in true]
+    bad = PosedSet(perturb_cameras(true, 3.0, 0.0, seed=1), [s[0] for s in shots], [s[1] for s in shots],
+                   [c.name for c in true])
+    monkeypatch.setattr(C, "_refine", lambda *a, **kw: pytest.fail("the fallback ran"))
+    photos = C.prepare_photos(bad, 128)  # working size below REFINE_SIZE: the stage matches at 256
+    refined, note = C._refine_photos_first(bad, photos, None, None)
+    assert note == "refined against each other"
+    assert [c.width for c in refined.cameras] == [128] * 3 and refined.images is photos.images
+    assert rotation_errors(refined.cameras, true)[1] < 0.3 < rotation_errors(bad.cameras, true)[1]
