@@ -62,10 +62,10 @@ class RVCConfig:
     lpips_weight: weight of LPIPS, used only where its weights are installed (never here:
         they are not shipped and never downloaded, so the term is off).
     lr_means: learning rate of the Gaussians' means (x scene scale) in the proximal problem; None
-        (default): the fit's initial ``lr_means`` (measured on Duck, 4 photos: the middle of the
-        fit's decay, 10x lower, gave less at the inputs, +1.0 dB, and lost more held-out, -0.56
-        dB; the appearance alone, means, scales and rotations frozen: +0.1 and -0.47 dB). The other
-        parameters use the fit's rates.
+        (default): the fit's initial ``lr_means`` (measured on Duck, 4 photos, with the model held
+        at the rig only: the middle of the fit's decay, 10x lower, gave less at the inputs, +1.0
+        dB, and lost more held-out, -0.56 dB; the appearance alone, means, scales and rotations
+        frozen: +0.1 and -0.47 dB). The other parameters use the fit's rates.
     prox_views: cameras on a sphere around the object, besides the rig's, at which the proximal
         term holds the model to its renders before the correction (default 16; 0: the rig only,
         which let floaters between the rig's views grow: module docstring).
