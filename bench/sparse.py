@@ -118,7 +118,7 @@ def run_recon(photos: PosedSet, settings: dict, refine: bool, seed: int):
 
 
 def run(obj: str, n_photos: int, cameras: str, methods: list[str], settings: dict, seed: int,
-        mesh_cfg: dict, refine_perturbed: bool = True) -> list[dict]:
+        mesh_cfg: dict, refine_perturbed: bool = True, oracle_seed: int = 1) -> list[dict]:
     from viewforge.engine.complete import CompleteConfig, complete
     from viewforge.engine.mesh.pipeline import MeshConfig, splats_to_mesh
     from viewforge.engine.sampling.aware import render_views
@@ -144,7 +144,7 @@ def run(obj: str, n_photos: int, cameras: str, methods: list[str], settings: dic
             splats, used, cams_used, note = run_recon(photos, settings, refine, seed)
             bake = used
         else:
-            orc = PerturbedOracle.for_photos(mesh, true_photos, rig, ref, OracleConfig(seed=1), photo_size=PHOTO_SIZE)
+            orc = PerturbedOracle.for_photos(mesh, true_photos, rig, ref, OracleConfig(seed=oracle_seed), photo_size=PHOTO_SIZE)
             cfg = CompleteConfig(device="cpu", seed=seed, rvc=method == "complete_rvc", photo_size=PHOTO_SIZE,
                                  fit_iterations=settings["fit_iterations"], warm_iterations=settings["warm_iterations"],
                                  rvc_steps=settings["rvc_steps"], refine_cameras=refine, make_mesh=False)
@@ -187,7 +187,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="small fits (300 + 3 x 100 steps, RVC 50 steps), 96 px views, a light mesh")
     ap.add_argument("--no-mesh", action="store_true", help="skip the mesh stage (chamfer/fscore null)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the fits and the perturbation (default 0)")
+    ap.add_argument("--oracle-seed", type=int, default=1, help="seed of the PerturbedOracle's distortions (default 1)")
     ap.add_argument("--no-refine", action="store_true", help="perturbed rows without pose refinement (the baseline)")
     ap.add_argument("--json", metavar="PATH", default=None)
     args = ap.parse_args(argv)
@@ -222,7 +223,7 @@ def main(argv=None) -> int:
     for obj in [o for o in args.objects.split(",") if o]:
         for n in photos:
             for c in cams:
-                rows += run(obj, n, c, methods, settings, args.seed, mesh_cfg, not args.no_refine)
+                rows += run(obj, n, c, methods, settings, args.seed, mesh_cfg, not args.no_refine, args.oracle_seed)
     print(" | ".join(f"{c:>14}" for c in COLUMNS))
     for r in rows:
         print(" | ".join(f"{str(r[c]):>14}" for c in COLUMNS))
