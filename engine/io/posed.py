@@ -32,11 +32,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES_TRIED = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
 #: Top-level transforms.json keys that describe cameras; every other top-level key except
-#: "frames" is kept in ``PosedSet.meta`` and written back by :func:`write_posed_set`.
-#: Keys :func:`load_posed_set` adds to ``PosedSet.meta`` about the files it read (not written back:
-#: ``source_size``, the images' size before the loader resized them, when they share one).
-LOADER_KEYS = frozenset({"source_size"})
-
+#: "frames" is kept in ``PosedSet.meta`` and written back by :func:`write_posed_set` (except
+#: LOADER_KEYS).
 CAMERA_KEYS = frozenset(
     {
         "camera_angle_x",
@@ -57,6 +54,10 @@ CAMERA_KEYS = frozenset(
         "frames",
     }
 )
+
+#: Keys :func:`load_posed_set` adds to ``PosedSet.meta`` about the files it read (not written back:
+#: ``source_size``, the images' size before the loader resized them, when they share one).
+LOADER_KEYS = frozenset({"source_size"})
 
 # Aspect-ratio check between transforms.json's w/h and the image: a downscale with rounding of
 # odd sizes moves the implied size by under a pixel (times the scale when upscaling).

@@ -90,9 +90,9 @@ def image_formation(meta: dict[str, Any] | None):
     elif str(renderer.get("engine", "")).upper() == "CYCLES":
         kind, width = CYCLES_DEFAULT_FILTER
     filt = None
-    kinds = {"BLACKMAN_HARRIS": "blackman_harris", "GAUSSIAN": "gaussian", "BOX": "box"}
-    if isinstance(kind, str) and kind.upper() in kinds and isinstance(width, (int, float)) and width > 0:
-        filt = PixelFilter(kinds[kind.upper()], float(width))
+    if (isinstance(kind, str) and kind.lower() in ("blackman_harris", "gaussian", "box")
+            and isinstance(width, (int, float)) and width > 0):
+        filt = PixelFilter(kind.lower(), float(width))
     size = None
     src = meta.get("source_size")
     if isinstance(src, (list, tuple)) and len(src) == 2 and all(isinstance(x, int) and x > 0 for x in src):

@@ -181,14 +181,13 @@ def splats_to_mesh(
         t = time.perf_counter()
         pairs = [(c, m) for c, m in zip(photos.cameras, photos.masks) if m is not None]
         reduced = _reduced([BakeView(c, np.zeros((c.height, c.width, 3), np.float32), m) for c, m in pairs], 256)
-        offset = silhouette_offset(v, f, [r.camera for r in reduced], [r.mask for r in reduced],
-                                   step=0.25 * volume.voxel, cancel=cancel)
+        cams_256, masks_256 = [r.camera for r in reduced], [r.mask for r in reduced]
+        offset = silhouette_offset(v, f, cams_256, masks_256, step=0.25 * volume.voxel, cancel=cancel)
         v = v + offset * unit_normals(v, f)
         if config.silhouette_refine_iterations > 0:
             from .silhouette import silhouette_refine
 
-            v = silhouette_refine(v, f, [r.camera for r in reduced], [r.mask for r in reduced],
-                                  max_offset=config.silhouette_refine_voxels * volume.voxel,
+            v = silhouette_refine(v, f, cams_256, masks_256, max_offset=config.silhouette_refine_voxels * volume.voxel,
                                   iterations=config.silhouette_refine_iterations, cancel=cancel)
         seconds["silhouette"] = time.perf_counter() - t
 
