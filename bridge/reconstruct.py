@@ -13,6 +13,13 @@
    with :func:`.mesh.mesh_to_blender` in the scene's master collection, then pushes one undo
    step. The GLB is in the cameras' world frame, so the object sits where the cameras look.
 
+Camera refinement (``refine_cameras``, on by default): scene cameras are trusted but approximate;
+the job refines their poses against the photos (engine/recon.py ``pose_refine``: with 1-4 photos
+the photos against each other before completion, with more the feature stage of the fit) and
+reports each camera's change (the metrics' ``cameras``). The scene's cameras are moved to their
+refined poses only with ``update_cameras`` (off by default), in the same undo step as the new
+object; an animated, parented or constrained camera is left as it is, with a warning.
+
 Photos without cameras (``photo_source="PHOTOS"``): every photo of the folder goes to the job,
 which estimates their cameras by structure from motion (engine/poses/sfm.py) and writes them as a
 posed set next to the output (``<name>_cameras/``: transforms.json + the undistorted photos). On
@@ -82,6 +89,8 @@ class ReconstructRequest:
     model: str = "zero123pp-v1.2"
     model_cache: str = ""
     allow_download: bool = False
+    refine_cameras: bool = True
+    update_cameras: bool = False
 
 
 @dataclass
@@ -97,6 +106,8 @@ class PreparedJob:
     camera_names: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     cameras_out: Path | None = None
+    update_cameras: bool = False
+    camera_warnings: list[str] = field(default_factory=list)
 
     def cleanup(self) -> None:
         if self.work_dir is not None:
@@ -368,8 +379,10 @@ def prepare_reconstruct(scene, req: ReconstructRequest, view_layer=None) -> Prep
         if isinstance(e, OSError):
             raise OutputError(f"could not write the photos to a temporary folder ({e})", "free some disk space") from None
         raise
-    spec = JobSpec("reconstruct", str(transforms), str(out), _job_options(req), name=out.stem)
-    return PreparedJob(spec, work, scene.name, out.stem, req.keep_output, [o.name for o, _, _ in items], warnings)
+    spec = JobSpec("reconstruct", str(transforms), str(out), _job_options(req, pose_refine=bool(req.refine_cameras)),
+                   name=out.stem)
+    return PreparedJob(spec, work, scene.name, out.stem, req.keep_output, [o.name for o, _, _ in items], warnings,
+                       update_cameras=bool(req.refine_cameras and req.update_cameras))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,7 +393,9 @@ def prepare_reconstruct(scene, req: ReconstructRequest, view_layer=None) -> Prep
 def import_result(prepared: PreparedJob, result, location=None) -> Any:
     """Build the job's output mesh in the job's scene (main thread), and the estimated cameras
     when the job estimated them (photos without cameras), as one undo step; ``location`` moves
-    the new object (generate mode: the 3D cursor)."""
+    the new object (generate mode: the 3D cursor). With ``prepared.update_cameras`` the scene's
+    cameras are moved to their refined poses in the same undo step (:func:`apply_camera_updates`;
+    its warnings are kept in ``prepared.camera_warnings`` for the report)."""
     import bpy
 
     from ..engine.io.mesh import read_mesh
@@ -406,10 +421,58 @@ def import_result(prepared: PreparedJob, result, location=None) -> Any:
         raise
     if location is not None:
         obj.location = location
+    if prepared.update_cameras and result.metrics.get("cameras"):
+        prepared.camera_warnings = apply_camera_updates(prepared.camera_names, result.metrics["cameras"])
     if not prepared.keep_output:
         Path(result.output).unlink(missing_ok=True)
     push_undo(f"Viewforge: {obj.name}")
     return obj
+
+
+def refined_cameras(updates: list[dict]) -> list[dict]:
+    """The entries of the metrics' ``cameras`` whose pose the refinement changed."""
+    return [u for u in updates if u.get("rotation_deg", 0.0) > 1e-4 or u.get("moved", 0.0) > 1e-7]
+
+
+def camera_report(updates: list[dict], applied: bool) -> str:
+    """One clause for the job's report: how many cameras the refinement changed and by how much."""
+    changed = refined_cameras(updates)
+    if not updates:
+        return ""
+    if not changed:
+        return "cameras kept as they were (the photos gave no better poses)"
+    degs = sorted(u["rotation_deg"] for u in changed)
+    what = f"{len(changed)} of {len(updates)} cameras refined ({degs[0]:.2f}-{degs[-1]:.2f} degrees)"
+    return what + ("; the scene's cameras were moved to them" if applied else
+                   "; the scene's cameras were left as they were (Update Cameras moves them)")
+
+
+def apply_camera_updates(camera_names: list[str], updates: list[dict]) -> list[str]:
+    """Move the scene's camera objects (``camera_names``, the job's cameras in order) to their
+    refined poses (the metrics' ``cameras`` entries, same order). Each camera keeps its scale and
+    its data (lens, sensor, shift); an animated, parented or constrained camera, or one deleted
+    while the job ran, is left as it is. Returns one warning per camera left."""
+    import bpy
+    from mathutils import Matrix
+
+    if len(updates) != len(camera_names):
+        return [f"the job refined {len(updates)} cameras but {len(camera_names)} were sent: none was moved"]
+    warnings = []
+    for name, u in zip(camera_names, updates):
+        if u not in refined_cameras([u]):
+            continue
+        obj = bpy.data.objects.get(name)
+        why = ("was deleted while the job ran" if obj is None or obj.type != "CAMERA" else
+               "is parented" if obj.parent is not None else
+               "has constraints" if len(obj.constraints) else
+               "is animated" if obj.animation_data is not None and obj.animation_data.action is not None else None)
+        if why:
+            warnings.append(f"camera '{name}' {why}: its refined pose ({u['rotation_deg']:.2f} degrees) was not applied")
+            continue
+        _, _, scale = obj.matrix_world.decompose()
+        loc, rot, _ = Matrix(u["camera_to_world_gl"]).decompose()
+        obj.matrix_world = Matrix.LocRotScale(loc, rot, scale)
+    return warnings
 
 
 def _remove_cameras(imported) -> None:
@@ -476,7 +539,9 @@ def start_reconstruct(scene, req: ReconstructRequest, view_layer=None, env: dict
             sfm = result.metrics.get("sfm") or {}
             return (f"Reconstructed '{obj.name}' from {len(sfm.get('registered', []))} of {len(prepared.camera_names)} "
                     f"photos, cameras estimated and added to the scene ({result.summary})")
-        return f"Reconstructed '{obj.name}' from {len(prepared.camera_names)} cameras ({result.summary})"
+        cams = camera_report(result.metrics.get("cameras") or [], prepared.update_cameras)
+        return f"Reconstructed '{obj.name}' from {len(prepared.camera_names)} cameras ({result.summary})" + (
+            f"; {cams}" if cams else "") + "".join(f"; {w}" for w in prepared.camera_warnings)
 
     jobs.start(handle, "reconstruct", on_success, prepared.cleanup, timer=timer)
     return prepared
@@ -487,6 +552,8 @@ __all__ = [
     "PHOTO_SUFFIXES",
     "PreparedJob",
     "ReconstructRequest",
+    "apply_camera_updates",
+    "camera_report",
     "folder_photos",
     "image_file_size",
     "import_result",

@@ -83,6 +83,20 @@ class ReconResult:
     cameras: list = field(default_factory=list)
 
 
+def camera_changes(before: list, after: list, names: list[str]) -> list[dict[str, Any]]:
+    """What pose refinement did to each training camera, for the metrics' ``cameras`` entry (the
+    add-on applies them to the scene's cameras on request): name, rotation_deg (the angle between
+    the input and the refined orientation), moved (distance between the centres, scene units) and
+    camera_to_world_gl (the refined pose as a 4x4 camera-to-world matrix, OpenGL/Blender camera
+    axes: the camera looks down -Z with +Y up)."""
+    from .cameras import rotation_angle_deg
+
+    return [{"name": n, "rotation_deg": round(rotation_angle_deg(a.R, b.R), 4),
+             "moved": round(float(np.linalg.norm(a.center - b.center)), 6),
+             "camera_to_world_gl": np.round(b.camera_to_world_gl, 9).tolist()}
+            for n, a, b in zip(names, before, after)]
+
+
 def split_views(n_frames: int, views: int | None, holdout: int) -> tuple[list[int], list[int]]:
     """Deterministic split: ``holdout`` frames evenly spaced over all frames are held out (offset
     half a step, so frame 0 trains), then ``views`` training frames evenly spaced over the rest."""
@@ -286,6 +300,8 @@ def reconstruct_posed(
             skipped = done
         else:
             splats, mesh, cameras, metrics = done
+            if config.pose_refine:
+                metrics["cameras"] = camera_changes(list(train.cameras), list(cameras), list(train.names))
             metrics.update(extra_metrics or {})
             _write_outputs(out, want_mesh, mesh, splats, spath, mpath, metrics, cancel)
             return ReconResult(out, metrics, [posed.names[i] for i in train_ids], [posed.names[i] for i in held_ids],
@@ -337,6 +353,8 @@ def reconstruct_posed(
         ],
         **extra,
     }
+    if config.pose_refine:
+        metrics["cameras"] = camera_changes(list(train.cameras), list(result.cameras), list(train.names))
     metrics.update(extra_metrics or {})
     _write_outputs(out, want_mesh, mesh, result.splats, spath, mpath, metrics, cancel)
     return ReconResult(out, metrics, [posed.names[i] for i in train_ids], [posed.names[i] for i in held_ids],

@@ -118,6 +118,7 @@ class VIEWFORGE_OT_reconstruct(_JobOperator, bpy.types.Operator):
             output_name=s.output_name, keep_output=s.keep_output, overrides=overrides,
             complete=s.complete.lower(), model=s.model, model_cache=prefs.model_cache,
             allow_download=bool(bpy.app.online_access) and not prefs.offline,
+            refine_cameras=s.refine_cameras, update_cameras=s.update_cameras,
         )  # fmt: skip
         prepared = start_reconstruct(
             context.scene, req, view_layer=context.view_layer, env=worker_env(prefs.model_cache, prefs.offline),

@@ -69,6 +69,18 @@ class ViewforgeSettings(bpy.types.PropertyGroup):
         default="BACKGROUND",
     )
     photo_folder: StringProperty(name="Photo Folder", subtype="DIR_PATH", default="")  # type: ignore[valid-type]
+    refine_cameras: BoolProperty(  # type: ignore[valid-type]
+        name="Refine Cameras",
+        description="Refine the cameras' poses against the photos (placed by hand, they are a little off); "
+        "the mesh is reconstructed at the refined poses",
+        default=True,
+    )
+    update_cameras: BoolProperty(  # type: ignore[valid-type]
+        name="Update Cameras",
+        description="When the job ends, move the scene's cameras to their refined poses "
+        "(one undo step with the new object; animated, parented or constrained cameras are left as they are)",
+        default=False,
+    )
     complete: EnumProperty(  # type: ignore[valid-type]
         name="Complete Unseen Sides",
         description="Generate the sides no photo saw with the multi-view generator (the Model below), kept aligned with the photos",

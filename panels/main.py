@@ -127,6 +127,11 @@ class VIEWFORGE_PT_main(bpy.types.Panel):
                 n, with_photo = _count_cameras(context.scene, settings)
                 least = 1 if settings.complete != "OFF" else 2
                 box.label(text=f"{with_photo} of {n} cameras have a photo", icon="INFO" if with_photo >= least else "ERROR")
+            if settings.photo_source != "PHOTOS":
+                box.prop(settings, "refine_cameras")
+                row = box.row()
+                row.enabled = settings.refine_cameras
+                row.prop(settings, "update_cameras")
             box = layout.box()
             box.label(text="Completion", icon="OUTLINER_OB_LIGHTPROBE")
             box.prop(settings, "complete")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from viewforge import cli
@@ -90,7 +91,14 @@ def test_refine_poses_uses_full_size_photos_and_reports_reliability(tmp_path):
                       ReconConfig(resolution=64, iterations=3, device="cpu", pose_refine=True),
                       fit_overrides={"pose_method": "features", "init_points": 500, "densify": False, "sh_degree": 0},
                       metrics_path=tmp_path / "m.json")
-    views = json.loads((tmp_path / "m.json").read_text())["pose_views"]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    views = metrics["pose_views"]
     assert len(views) == 24 and sum(v["reliable"] for v in views) >= 20
     assert res.cameras[0].width == 64  # the fit's cameras, refined
     assert rotation_errors(res.cameras, cams)[1] < 0.5
+    # each camera's change, and its refined pose for the add-on (Blender camera axes)
+    changes = metrics["cameras"]
+    assert [c["name"] for c in changes] == res.train_names
+    assert np.median([c["rotation_deg"] for c in changes]) > 1.0  # the 3 degree errors were corrected
+    for c, cam in zip(changes, res.cameras):
+        np.testing.assert_allclose(np.array(c["camera_to_world_gl"]), cam.camera_to_world_gl, atol=1e-6)

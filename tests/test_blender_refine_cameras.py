@@ -1,0 +1,138 @@
+"""Reconstruct from Cameras with approximate scene cameras (issue 7 [F]): the job refines the
+cameras against the photos and, with Update Cameras, moves the scene's cameras to the refined
+poses in the same undo step as the new object; without it the cameras stay as they were.
+
+Three photos 40 degrees apart of a noise-textured object (SIFT needs texture and 256 px), the
+scene's cameras then turned by 2 degrees each; completion by the tiny random generator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from test_blender_jobs import _engine_camera, _mesh_stage_available, registered, scene_state  # noqa: F401
+
+pytestmark = pytest.mark.blender
+
+SIZE = 256
+
+
+def _noise_object(bpy):
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=32, ring_count=16, radius=0.8)
+    obj = bpy.context.active_object
+    obj.scale = (1.0, 0.75, 0.9)
+    bpy.ops.object.transform_apply(scale=True)
+    mat = bpy.data.materials.new("Noise")
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    output = next(n for n in nodes if n.type == "OUTPUT_MATERIAL")
+    emission = nodes.new("ShaderNodeEmission")  # unlit: the scene has no lights
+    noise = nodes.new("ShaderNodeTexNoise")
+    noise.inputs["Scale"].default_value = 12.0
+    noise.inputs["Detail"].default_value = 8.0
+    links.new(noise.outputs["Color"], emission.inputs["Color"])
+    links.new(emission.outputs["Emission"], output.inputs["Surface"])
+    obj.data.materials.append(mat)
+    return obj
+
+
+def _photographed_cameras(bpy, tmp):
+    """Three cameras at azimuths 0 / 40 / 80 degrees with their Cycles renders as photos."""
+    from viewforge.bridge.cameras import create_bpy_camera
+
+    scene = bpy.context.scene
+    obj = _noise_object(bpy)
+    scene.render.resolution_x = scene.render.resolution_y = SIZE
+    scene.render.resolution_percentage = 100
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = 8
+    scene.cycles.use_denoising = False
+    scene.render.film_transparent = True
+    scene.view_settings.view_transform = "Standard"
+    scene.world = scene.world or bpy.data.worlds.new("World")
+    scene.world.color = (1.0, 1.0, 1.0)
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.image_settings.color_mode = "RGBA"
+    cams = []
+    for i in range(3):
+        cam = create_bpy_camera(_engine_camera(i, 9, SIZE, elevation=0.3, dist=3.2), scene, name=f"Cam{i}")
+        scene.camera = cam
+        scene.render.filepath = str(tmp / f"{cam.name}.png")
+        bpy.ops.render.render(write_still=True)
+        cam.data.background_images.new().image = bpy.data.images.load(scene.render.filepath)
+        cams.append(cam)
+    obj.hide_set(True)
+    return cams
+
+
+def _turn(bpy, cams, degrees: float, seed: int = 0) -> None:
+    """Turn each camera by ``degrees`` about a random axis through its centre (a hand-placed camera)."""
+    from mathutils import Matrix, Vector
+
+    rng = np.random.default_rng(seed)
+    for cam in cams:
+        axis = Vector(rng.normal(size=3)).normalized()
+        cam.matrix_world = cam.matrix_world @ Matrix.Rotation(math.radians(degrees), 4, axis)
+
+
+def _rotations(cams) -> list[np.ndarray]:
+    return [np.array(c.matrix_world.to_3x3().normalized()) for c in cams]
+
+
+def _errors(rots, truth) -> tuple[float, float]:
+    """Median rotation error in degrees: absolute and after the best global rotation."""
+    def angle(a, b):
+        return math.degrees(math.acos(np.clip((np.trace(a.T @ b) - 1) / 2, -1, 1)))
+
+    u, _, vt = np.linalg.svd(sum(t @ r.T for r, t in zip(rots, truth)))
+    g = u @ np.diag([1, 1, np.linalg.det(u @ vt)]) @ vt
+    return (float(np.median([angle(r, t) for r, t in zip(rots, truth)])),
+            float(np.median([angle(g @ r, t) for r, t in zip(rots, truth)])))
+
+
+def _settings(bpy, tiny_model, tmp_path, update: bool):
+    s = bpy.context.scene.viewforge
+    s.complete, s.model = "ON", str(tiny_model)
+    s.quality, s.device = "DRAFT", "CPU"
+    s.resolution, s.iterations, s.faces, s.texture_size = 48, 60, 1500, 128
+    s.output_folder, s.output_name = str(tmp_path / "out"), "refined"
+    assert s.refine_cameras and not s.update_cameras  # the defaults
+    s.update_cameras = update
+
+
+@pytest.mark.parametrize("update", [True, False])
+def test_scene_cameras_are_refined_and_updated_on_request(registered, tiny_model, tmp_path, update):
+    bpy = registered
+    if not _mesh_stage_available():
+        pytest.skip("the mesh stage is not in this tree yet")
+    cams = _photographed_cameras(bpy, tmp_path / "renders")
+    truth = _rotations(cams)
+    _turn(bpy, cams, 2.0)
+    turned = _rotations(cams)
+    _, aligned_before = _errors(turned, truth)
+    assert aligned_before > 0.8
+    _settings(bpy, tiny_model, tmp_path, update)
+    bpy.ops.ed.undo_push(message="scene ready")
+    state = scene_state(bpy)
+    assert bpy.ops.viewforge.reconstruct() == {"FINISHED"}
+    from viewforge.bridge import jobs
+
+    message = jobs.LAST.message
+    assert jobs.LAST.state == "done" and "3 of 3 cameras refined" in message, message
+    after = _rotations(cams)
+    if not update:
+        assert "left as they were" in message
+        assert max(np.abs(a - b).max() for a, b in zip(after, turned)) < 1e-6
+        return
+    assert "moved to them" in message
+    _, aligned_after = _errors(after, truth)
+    # the photos agree with each other at the true cameras: the relative error mostly goes
+    assert aligned_after < 0.5 * aligned_before, (aligned_before, aligned_after)
+    centres = [np.array(c.matrix_world.col[3][:3]) for c in cams]
+    bpy.ops.ed.undo()  # one step: the object and the cameras' poses
+    assert scene_state(bpy) == state
+    cams = [bpy.data.objects[f"Cam{i}"] for i in range(3)]
+    assert max(np.abs(a - b).max() for a, b in zip(_rotations(cams), turned)) < 1e-5
+    assert all(np.allclose(np.array(c.matrix_world.col[3][:3]), p, atol=0.05) for c, p in zip(cams, centres))
