@@ -24,10 +24,13 @@ cameras' frame (issue 7, seed 001 ReconViaGen; docs/completion.md has the math).
    default (engine/sampling/rvc.py).
 6. Optionally (``refine_cameras``) the cameras are refined against each other *before* steps
    2-4 (engine/poses/sparse.py ``refine_photo_rig``), so the rig is placed and the model fitted at
-   the refined cameras; photos that do not match keep their poses, or (``refine_fallback``)
-   are refined against the model after sampling, the rig re-placed and the model refitted (plus
-   one RVC correction when RVC is on). Then the mesh stage (engine/mesh) bakes the photos and
-   the views.
+   the refined cameras. Photos that do not match (texture-less objects) are refined after
+   sampling by silhouette coherence (``refine_silhouettes``, engine/poses/silhouette.py): the
+   reference photo and the generated views form a frame that carries only the reference's pose
+   error; the rig is moved to agree with the reference photo's outline, the other photos into
+   that frame, and the model refitted (plus one RVC correction when RVC is on). Or
+   (``refine_fallback``) they are refined against the model (render-match-PnP), the rig re-placed
+   and the model refitted. Then the mesh stage (engine/mesh) bakes the photos and the views.
 """
 
 from __future__ import annotations
@@ -74,9 +77,13 @@ class CompleteConfig:
     fit_iterations, warm_iterations: the sampler's first and later fits.
     refine_cameras: refine the photo cameras against each other before sampling (feature
         matches; ``_refine_photos_first``); the rig is placed from the refined cameras.
+    refine_silhouettes: photos that the feature stage did not refine (no matches: texture-less
+        objects) are refined after sampling by silhouette coherence against the reference photo
+        plus the generated views (engine/poses/silhouette.py; the rig placement is kept, the model
+        refitted; default True; docs/poses.md section 4).
     refine_fallback: when the photos do not match each other, refine them after sampling against
         the model (render-match-PnP), re-place the rig and refit (default False: unreliable here;
-        ``_refine``).
+        ``_refine``); it replaces the silhouette stage when set.
     make_mesh: run the mesh stage (default True; a .glb output needs it).
     faces, texture_size: mesh face budget and texture side.
     mesh: overrides of MeshConfig fields. fit: overrides of the sampler's FitConfig fields.
@@ -98,6 +105,7 @@ class CompleteConfig:
     fit_iterations: int = 1000
     warm_iterations: int = 300
     refine_cameras: bool = False
+    refine_silhouettes: bool = True
     refine_fallback: bool = False
     make_mesh: bool = True
     faces: int = 30000
@@ -381,8 +389,9 @@ def _refine_photos_first(posed: PosedSet, photos: PosedSet, progress, cancel) ->
     ``refine_photo_rig``: SIFT matches between the photos at up to REFINE_SIZE px, bundle
     adjustment with the centres held, the similarity back onto the input rig; a pose changes
     only where the photos' matches then agree better than at the input cameras). Returns the
-    working-size photos at the refined cameras and a note, or ``photos`` and None when the
-    photos do not match (weak texture; then ``_refine`` may run after sampling)."""
+    working-size photos at the refined cameras and a note, or ``photos`` and None when the photos
+    do not match (weak texture; then ``_refine_silhouettes`` or ``_refine`` may run after
+    sampling for the photos that kept their pose)."""
     from .poses.sparse import PhotoRigConfig, refine_photo_rig
 
     sharp = prepare_photos(posed, REFINE_SIZE) if REFINE_SIZE > max(max(c.width, c.height) for c in photos.cameras) \
@@ -413,6 +422,52 @@ def _refine(photos: PosedSet, splats, progress, cancel, *, fallback: bool = Fals
     res = refine_cameras_to_model(photos, splats, SparseRefineConfig(), progress=progress, cancel=cancel)
     kept = sum(not v.reliable for v in res.views)
     return list(res.cameras), "refined" if not kept else f"refined ({kept} of {len(res.views)} kept their input pose)"
+
+
+#: Longer side (pixels, never upsampled) of the photos' masks in the silhouette refinement.
+SILHOUETTE_SIZE = 256
+
+
+def _refine_silhouettes(posed: PosedSet, photos: PosedSet, lay: Layout, views: Sequence[np.ndarray],
+                        which: Sequence[int], progress, cancel) -> tuple[list[Camera], RigPlacement, str]:
+    """After sampling, photos ``which`` (not refined by features) refined by silhouette coherence
+    against the reference photo plus the generated views at the rig (engine/poses/silhouette.py):
+    the views were drawn for the reference photo, so with it they form a frame free of the other
+    photos' pose errors. The views' frame is first matched to the reference photo's outline (a
+    rotation about the reference centre and a scale about the object centre: the placement was
+    computed from the unrefined cameras), then the other photos are moved into it. Masks at up to
+    SILHOUETTE_SIZE px; the hull field on a cube of 1.6 times the object's radius in the virtual
+    reference camera (``fill`` of its side) around the rig centre. Returns the cameras at the
+    working size, the rig placement (moved with the views' frame when photos moved) and a note."""
+    from .poses.silhouette import SilhouetteConfig, refine_by_silhouettes
+
+    sil = prepare_photos(posed, SILHOUETTE_SIZE) if SILHOUETTE_SIZE > max(max(c.width, c.height)
+                                                                           for c in photos.cameras) else photos
+    assert sil.masks is not None
+    cams = [c.resized(p.width, p.height) for c, p in zip(photos.cameras, sil.cameras)]
+    pl = lay.placement
+    v = pl.reference
+    dist = float(np.linalg.norm(v.center - lay.centre))
+    half = 1.6 * dist * 0.5 * lay.condition.fill * v.width / v.fx
+    res = refine_by_silhouettes(cams, list(sil.masks), lay.reference, pl.cameras,
+                                [np.asarray(x)[..., 3] for x in views], lay.centre, half, which,
+                                SilhouetteConfig(), progress=progress, cancel=cancel)
+    out = [c.resized(p.width, p.height) for c, p in zip(res.cameras, photos.cameras)]
+    if res.frame_moved:  # p' = B (z (p - O) + O - C_ref) + C_ref for the rig: p_scene = s M p_gen + O
+        b, z, c_ref = res.frame_rotation, res.frame_zoom, cams[lay.reference].center
+
+        def move(cam: Camera) -> Camera:
+            c = b @ (z * (cam.center - lay.centre) + lay.centre - c_ref) + c_ref
+            m = np.eye(4)
+            m[:3, :3] = cam.R @ b.T
+            m[:3, 3] = -m[:3, :3] @ c
+            return cam.with_pose(m)
+
+        pl = RigPlacement(z * pl.scale, b @ pl.rotation, b @ (lay.centre - c_ref) + c_ref, move(pl.reference),
+                          [move(c) for c in pl.cameras], pl.focal_ratio)
+        assert all(np.allclose(a.world_to_camera, c.world_to_camera, atol=1e-6)
+                   for a, c in zip(pl.cameras, res.frame_cameras))
+    return out, pl, res.note
 
 
 def complete(
@@ -458,9 +513,13 @@ def complete(
     seconds["load_model"] = time.perf_counter() - t
     check(cancel)
     refine_note = None
+    refined = [False] * len(photos)
     if config.refine_cameras:  # the photos against each other first: sampling then uses consistent cameras
         t = time.perf_counter()
+        unrefined_cams = list(photos.cameras)
         photos, refine_note = _refine_photos_first(posed, photos, progress, cancel)
+        refined = [not np.array_equal(a.world_to_camera, b.world_to_camera)
+                   for a, b in zip(photos.cameras, unrefined_cams)]
         seconds["refine_cameras"] = time.perf_counter() - t
     lay = layout(photos, gen.cameras(), gen.reference_camera(), reference=config.reference, fill=config.fill)
     log.info("completion: %d photos, reference %s, centre %s (%s), rig scale %.3f", len(photos),
@@ -474,20 +533,35 @@ def complete(
                  progress=progress, cancel=cancel)
     seconds.update({f"sample_{k}": v for k, v in res.seconds.items() if k != "total"})
     splats, cams = res.splats, list(photos.cameras)
-    if config.refine_cameras and refine_note is None:
+    unrefined = [j for j in range(len(photos)) if not refined[j] and j != lay.reference]
+    relayout = False
+    if config.refine_cameras and config.refine_fallback and refine_note is None:
         t = time.perf_counter()
         # the refinement matches features: it gets the photos at up to REFINE_SIZE px, not the fit's size
         sharp = prepare_photos(posed, REFINE_SIZE) if REFINE_SIZE > config.photo_size else photos
-        new, refine_note = _refine(sharp, splats, progress, cancel, fallback=config.refine_fallback)
+        new, refine_note = _refine(sharp, splats, progress, cancel, fallback=True)
         cams = [c.resized(p.width, p.height) for c, p in zip(new, photos.cameras)]
+        relayout = True
+    elif config.refine_cameras and config.refine_silhouettes and unrefined:
+        t = time.perf_counter()
+        cams, placement, note = _refine_silhouettes(posed, photos, lay, res.views, unrefined, progress, cancel)
+        lay = replace(lay, placement=placement, centre=placement.centre)
+        refine_note = note if refine_note is None else f"{refine_note}; {note}"
+        seconds["refine_silhouettes"] = time.perf_counter() - t
+    elif config.refine_cameras and refine_note is None:
+        refine_note = "input poses kept (the photos do not match each other)"
     if config.refine_cameras and any(not np.array_equal(a.world_to_camera, b.world_to_camera)
                                      for a, b in zip(cams, photos.cameras)):
         photos = PosedSet(cams, photos.images, photos.masks, photos.names, photos.meta)
         anchors = anchors_of(photos, config.photo_weight)
-        # the generator drew its views for the reference photo's true pose: re-place the rig
-        # from the refined reference camera, then refit photos + views from scratch (a warm start
-        # from the model at the old placement recovers too slowly)
-        lay = layout(photos, gen.cameras(), gen.reference_camera(), reference=lay.reference, fill=config.fill)
+        if relayout:
+            # the generator drew its views for the reference photo's true pose: re-place the rig
+            # from the refined reference camera (the PnP may move it). The silhouette stage keeps
+            # the reference and moves the rig itself (its frame matched to the reference photo):
+            # a new layout from all photos would break the views' agreement with the reference.
+            lay = layout(photos, gen.cameras(), gen.reference_camera(), reference=lay.reference, fill=config.fill)
+        # refit photos + views from scratch (a warm start from the model at the old cameras
+        # recovers too slowly)
         splats = fit_anchored(res.views, lay.placement.cameras, anchors,
                               iterations=config.fit_iterations + config.warm_iterations, init=None, config=scfg,
                               seed=config.seed + 17, cancel=cancel)

@@ -160,8 +160,9 @@ def test_tiny_zero123pp_completion_to_textured_glb(tiny_model, scene, tmp_path):
 
 
 def test_refined_cameras_re_place_the_rig(scene, monkeypatch):
-    """With refine_cameras, the refined cameras are used and the rig is re-placed from the refined
-    reference camera (here a stand-in refinement that returns the true cameras)."""
+    """With refine_cameras and the model-based fallback, the refined cameras are used and the rig is
+    re-placed from the refined reference camera (here a stand-in refinement that returns the true
+    cameras)."""
     import viewforge.engine.complete as C
     from viewforge.engine.io.types import PosedSet
     from viewforge.engine.mvgen.oracle import PerturbedOracle
@@ -172,7 +173,8 @@ def test_refined_cameras_re_place_the_rig(scene, monkeypatch):
     monkeypatch.setattr(C, "_refine_photos_first", lambda posed, photos, progress, cancel: (photos, None))
     monkeypatch.setattr(C, "_refine", lambda photos, splats, progress, cancel, **kw: (list(posed.cameras), "refined"))
     orc = PerturbedOracle.for_photos(m, posed, rig, ref)
-    res = C.complete(bad, None, C.CompleteConfig(refine_cameras=True, make_mesh=False, **FAST), generator=orc)
+    res = C.complete(bad, None, C.CompleteConfig(refine_cameras=True, refine_fallback=True, make_mesh=False, **FAST),
+                     generator=orc)
     assert rotation_errors(res.cameras, posed.cameras)[0] < 1e-6 < rotation_errors(bad.cameras, posed.cameras)[0]
     assert np.allclose(res.rig.reference.center, posed.cameras[res.reference].center, atol=1e-9)
     true_rig = C.layout(C.prepare_photos(posed, 256), rig, ref).placement.cameras
