@@ -191,3 +191,58 @@ def test_rvc_holds_the_model_between_the_rig_views(setup, base):
     assert gain[16] > 0.9 * gain[0] > 0, gain
     with pytest.raises(InputError):
         RVCConfig(prox_batch=0)
+
+
+def test_detail_hold_keeps_the_fine_band_at_the_holding_views(setup, base):
+    """detail_weight holds the high band (the render minus its 1.5 px blur) of the holding views
+    more strongly than the low band: the correction changes fine detail there less, for the same
+    kind of fit to the photos (docs/completion.md "RVC as implemented")."""
+    import torch
+
+    from viewforge.engine.sampling.rvc import RVCConfig, _gaussian_blur, compensate, shell_cameras
+    from viewforge.engine.sampling.aware import render_views
+
+    m, orc, anchors = setup
+    hold = shell_cameras(orc.cameras(), 16)
+    blur = _gaussian_blur(1.5, "cpu")
+
+    def white(x):
+        return torch.from_numpy(np.ascontiguousarray(x[..., :3] * x[..., 3:4] + 1 - x[..., 3:4]))
+
+    r0 = [white(x) for x in render_views(base.splats, hold)]
+    high, low, gain = {}, {}, {}
+    for w in (0.0, 100.0):
+        c = compensate(base.splats, anchors, orc.cameras(), RVCConfig(steps=40, detail_weight=w), fit=_cfg().fit)
+        d = [white(x) - y for x, y in zip(render_views(c.splats, hold), r0)]
+        high[w] = float(np.mean([((x - blur(x)) ** 2).mean().item() for x in d]))
+        low[w] = float(np.mean([(blur(x) ** 2).mean().item() for x in d]))
+        gain[w] = np.mean(c.losses_before) - np.mean(c.losses_after)
+    assert RVCConfig().detail_weight == 100.0 and RVCConfig().detail_sigma == 1.5
+    assert high[100.0] < 0.7 * high[0.0], high
+    assert high[100.0] / low[100.0] < high[0.0] / low[0.0], (high, low)  # the fine band is held more
+    assert gain[100.0] > 0, gain
+    with pytest.raises(InputError):
+        RVCConfig(detail_sigma=0.0)
+    with pytest.raises(InputError):
+        RVCConfig(detail_weight=-1.0)
+
+
+def test_final_fit_after_the_last_correction(setup):
+    """When the last step applies RVC, the final model is a warm fit of that step's views and the
+    photos from R*: one more fit, no network evaluation; final_fit=False returns R* itself."""
+    from viewforge.engine.sampling.aware import sample
+    from viewforge.engine.sampling.rvc import RVCConfig
+
+    m, orc, anchors = setup
+    runs = {}
+    for ff in (True, False):
+        events = []
+        res = sample(orc, orc.condition_image(), _cfg(), cameras=orc.cameras(), anchors=anchors,
+                     rvc=RVCConfig(steps=20, final_fit=ff), progress=events.append)
+        runs[ff] = (res, [e.message for e in events])
+        assert res.evaluations == 4 and [r["t"] for r in res.rvc] == [499, 249]
+    assert any("final fit" in msg for msg in runs[True][1])
+    assert not any("final fit" in msg for msg in runs[False][1])
+    a, b = runs[True][0].splats.as_dict(), runs[False][0].splats.as_dict()
+    assert not np.allclose(a["means"].numpy(), b["means"].numpy())  # the fit moved R*
+    assert RVCConfig().final_fit

@@ -250,7 +250,8 @@ def sample(gen: "MultiViewGenerator", image: "ConditionImage", config: SamplerCo
     rvc_steps = [t for t in ts if rvc is not None and rvc.active(t, T)]
     n_fits = {"oneshot": 1, "aware": cfg.steps, "im3d": 1 + cfg.rounds}[cfg.method]
     n_gen = cfg.steps + (cfg.rounds * cfg.im3d_steps if cfg.method == "im3d" else 0)
-    stage = _Stage(progress, n_gen + n_fits + len(rvc_steps))
+    final_fit = bool(rvc_steps) and rvc_steps[-1] == ts[-1] and rvc is not None and rvc.final_fit
+    stage = _Stage(progress, n_gen + n_fits + len(rvc_steps) + int(final_fit))
     visited: list[int] = []
     reports: list[dict[str, Any]] = []
 
@@ -316,6 +317,8 @@ def sample(gen: "MultiViewGenerator", image: "ConditionImage", config: SamplerCo
             if k + 1 < len(ts):
                 x = _renoise(gen, gen.encode(renders_of(splats)), x0, x, t, ts[k + 1], cfg.eta, g)
             elif delta is not None:
+                if rvc is not None and rvc.final_fit:  # the generator's views and the photos, from R*
+                    splats = fit(views, splats, cfg.warm_iterations, f"step {k + 1}/{len(ts)} final fit")
                 views = gen.decode(x0 + delta.to(x0.dtype).to(x0.device))
     else:
         x0 = plain(x, ts)

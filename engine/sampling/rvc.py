@@ -70,6 +70,14 @@ class RVCConfig:
         term holds the model to its renders before the correction (default 16; 0: the rig only,
         which let floaters between the rig's views grow: module docstring).
     prox_batch: holding views per Adam step (default 2).
+    final_fit: when the last step of the schedule applies RVC, the final model is one more warm
+        fit (the sampler's ``warm_iterations``) of that step's generated views and the anchors,
+        started from ``R*`` (default True): as at every earlier application, where ``R*`` is the
+        warm start of the next step's fit; False: ``R*`` itself is the final model.
+    detail_weight, detail_sigma: the proximal term holds the high band of the holding views
+        (the render minus its Gaussian blur of std ``detail_sigma`` px) with ``1 + detail_weight``
+        times the weight of the low band (default 100, 1.5 px): detail finer than the model's
+        registration is held, the coarse appearance corrected; 0: one weight for all bands.
     """
 
     strength: float = 0.1
@@ -82,6 +90,9 @@ class RVCConfig:
     lr_means: float | None = None
     prox_views: int = 16
     prox_batch: int = 2
+    final_fit: bool = True
+    detail_weight: float = 100.0
+    detail_sigma: float = 1.5
 
     def __post_init__(self) -> None:
         if not (self.strength >= 0 and np.isfinite(self.strength)):
@@ -90,6 +101,9 @@ class RVCConfig:
             raise InputError(f"RVC t_max {self.t_max} is outside [0, 1]", "use a fraction of the schedule, e.g. 0.5")
         if self.steps < 0:
             raise InputError(f"RVC steps {self.steps} < 0", "use a number of steps such as 100")
+        if not (self.detail_weight >= 0 and self.detail_sigma > 0):
+            raise InputError(f"RVC detail_weight {self.detail_weight} / detail_sigma {self.detail_sigma}",
+                             "use detail_weight >= 0 (e.g. 100) and detail_sigma > 0 (e.g. 1.5)")
         if self.prox_views < 0 or self.prox_batch < 1:
             raise InputError(f"RVC prox_views {self.prox_views} / prox_batch {self.prox_batch}",
                              "use prox_views >= 0 (e.g. 16) and prox_batch >= 1 (e.g. 2)")
@@ -152,6 +166,24 @@ class _Renderer:
                             torch.sigmoid(params["opacities"]), colors, vm, K, cam.width, cam.height,
                             sh_degree=sh_degree, backgrounds=bg, backend=self.backend)
         return r[0, ..., :3].clamp(0, 1)
+
+
+def _gaussian_blur(sigma: float, device):
+    """A separable Gaussian blur of std ``sigma`` px (radius 3 sigma, edges replicated) of (H, W, 3)."""
+    import torch
+    import torch.nn.functional as F
+
+    r = max(int(np.ceil(3.0 * sigma)), 1)
+    x = torch.arange(-r, r + 1, dtype=torch.float32, device=device)
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    g = g / g.sum()
+    gx, gy = g.view(1, 1, 1, -1).repeat(3, 1, 1, 1), g.view(1, 1, -1, 1).repeat(3, 1, 1, 1)
+
+    def blur(img):
+        t = F.pad(img.permute(2, 0, 1)[None], (r, r, r, r), mode="replicate")
+        return F.conv2d(F.conv2d(t, gx, groups=3), gy, groups=3)[0].permute(1, 2, 0)
+
+    return blur
 
 
 def shell_cameras(rig: Sequence[Camera], n: int) -> list[Camera]:
@@ -247,6 +279,7 @@ def compensate(splats: "Splats", anchors: Sequence["Anchor"], rig: Sequence[Came
     order_i: list[int] = []
     order_j: list[int] = []
     lam = float(config.strength)
+    blur = _gaussian_blur(config.detail_sigma, dev)
     for step in range(config.steps):
         check(cancel)
         if not order_i:
@@ -258,7 +291,11 @@ def compensate(splats: "Splats", anchors: Sequence["Anchor"], rig: Sequence[Came
             if not order_j:
                 order_j = list(rng.permutation(len(hold)))
             j = order_j.pop()
-            prox = prox + 0.5 * ((render(params, hold[j], deg) - hold_targets[j]) ** 2).mean() / config.prox_batch
+            d = render(params, hold[j], deg) - hold_targets[j]
+            term = (d ** 2).mean()
+            if config.detail_weight > 0:
+                term = term + config.detail_weight * ((d - blur(d)) ** 2).mean()
+            prox = prox + 0.5 * term / config.prox_batch
         loss = lam * data + prox
         if not torch.isfinite(loss):
             log.warning("RVC: non-finite loss at step %d; keeping the model as it was", step)
