@@ -529,11 +529,16 @@ def complete(
                          warm_iterations=config.warm_iterations, reference_weight=config.photo_weight)
     scfg = replace(scfg, fit=replace(scfg.fit, device=config.device, **config.fit))
     rvc = RVCConfig(strength=config.rvc_strength, steps=config.rvc_steps, t_max=config.rvc_t_max) if config.rvc else None
-    res = sample(gen, lay.condition, scfg, cameras=lay.placement.cameras, anchors=anchors, rvc=rvc,
+    unrefined = [j for j in range(len(photos)) if not refined[j] and j != lay.reference]
+    silhouettes = bool(config.refine_cameras and not config.refine_fallback and config.refine_silhouettes and unrefined)
+    # with the silhouette stage ahead, the views are sampled against the photos whose poses are
+    # trusted only (the reference, the ones the features refined): the photos at wrong poses would
+    # pull the views into disagreement with the reference, the frame the stage relies on
+    sample_anchors = [a for j, a in enumerate(anchors) if j not in unrefined] if silhouettes else anchors
+    res = sample(gen, lay.condition, scfg, cameras=lay.placement.cameras, anchors=sample_anchors, rvc=rvc,
                  progress=progress, cancel=cancel)
     seconds.update({f"sample_{k}": v for k, v in res.seconds.items() if k != "total"})
     splats, cams = res.splats, list(photos.cameras)
-    unrefined = [j for j in range(len(photos)) if not refined[j] and j != lay.reference]
     relayout = False
     if config.refine_cameras and config.refine_fallback and refine_note is None:
         t = time.perf_counter()
@@ -542,7 +547,7 @@ def complete(
         new, refine_note = _refine(sharp, splats, progress, cancel, fallback=True)
         cams = [c.resized(p.width, p.height) for c, p in zip(new, photos.cameras)]
         relayout = True
-    elif config.refine_cameras and config.refine_silhouettes and unrefined:
+    elif silhouettes:
         t = time.perf_counter()
         cams, placement, note = _refine_silhouettes(posed, photos, lay, res.views, unrefined, progress, cancel)
         lay = replace(lay, placement=placement, centre=placement.centre)
