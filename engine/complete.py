@@ -79,8 +79,9 @@ class CompleteConfig:
         matches; ``_refine_photos_first``); the rig is placed from the refined cameras.
     refine_silhouettes: photos that the feature stage did not refine (no matches: texture-less
         objects) are refined after sampling by silhouette coherence against the reference photo
-        plus the generated views (engine/poses/silhouette.py; the rig placement is kept, the model
-        refitted; default True; docs/poses.md section 4).
+        plus the generated views (engine/poses/silhouette.py; the views are then sampled against
+        the trusted photos only, the rig moved with the views' frame, not re-placed, the model
+        refitted with all photos; default True; docs/poses.md section 4).
     refine_fallback: when the photos do not match each other, refine them after sampling against
         the model (render-match-PnP), re-place the rig and refit (default False: unreliable here;
         ``_refine``); it replaces the silhouette stage when set.

@@ -97,7 +97,8 @@ class SilhouetteResult:
     not refined: the reference and the ones not asked). frame_deg: the shared rotation A's angle.
     frame_moved: whether the views' frame moved (only when some photo moved); frame_cameras: the
     views' cameras in the result's frame; frame_rotation (B), frame_zoom (z), frame_cost (the
-    reference outline cost before / after stage 1): module docstring. seconds, note: for logs."""
+    reference outline cost before / after stage 1): module docstring. steps_deg: each asked
+    photo's rotation change at the solution (accepted or not). seconds, note: for logs."""
 
     cameras: list[Camera]
     refined: list[bool]
