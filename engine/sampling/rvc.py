@@ -24,10 +24,19 @@ derivation):
    that stays stable for any lambda. Holding the model at the rig alone left it free between the
    rig's six views, and the optimiser used that freedom: Gaussians off the surface, seen by no
    rig view, grew opaque to fit the photos (floaters, -2.2 dB at a held-out camera; docs/
-   completion.md). It is solved by ``steps`` Adam steps (the fit's learning rates) from ``R``,
-   each step one kept photo and ``prox_batch`` holding views, cycled in random order.
+   completion.md). The squared norm weighs the high band of each holding view (the render
+   minus its Gaussian blur of std ``detail_sigma`` = 1.5 px) ``1 + detail_weight`` (101) times
+   the low band: the photos are sharp but the model is not registered to the pixel, so detail
+   finer than that, pasted from the photos, lands slightly off in every other view; the coarse
+   appearance is corrected freely. It is solved by ``steps`` Adam steps (the fit's learning
+   rates) from ``R``, each step one kept photo and ``prox_batch`` holding views, cycled in
+   random order.
 3. The sampler turns the change into its own space through the generator's encode:
-   ``x0' = x0 + E(P(R*)) - E(P(R))`` (engine/sampling/aware.py).
+   ``x0' = x0 + E(P(R*)) - E(P(R))`` (engine/sampling/aware.py), and ``R*`` is the warm start of
+   the next step's fit. After a correction at the last step there is no next step: the final
+   model is then one more warm fit of that step's generated views and the photos from ``R*``
+   (``final_fit``), so every correction reaches the result through a fit with the generator's
+   views.
 """
 
 from __future__ import annotations
