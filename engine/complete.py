@@ -578,6 +578,9 @@ def complete(
                               cancel=cancel)
             splats = comp.splats
             res.rvc.append({"t": 0, "after_refinement": True, **comp.report()})
+            if rvc.final_fit:  # as the sampler does after a last-step correction: the views + photos, from R*
+                splats = fit_anchored(res.views, lay.placement.cameras, anchors, iterations=config.warm_iterations,
+                                      init=splats, config=scfg, seed=config.seed + 23, cancel=cancel)
         seconds["refine_cameras_after"] = time.perf_counter() - t
     check(cancel)
     metrics: dict[str, Any] = {
