@@ -556,8 +556,10 @@ def complete(
         seconds["refine_silhouettes"] = time.perf_counter() - t
     elif config.refine_cameras and refine_note is None:
         refine_note = "input poses kept (the photos do not match each other)"
-    if config.refine_cameras and any(not np.array_equal(a.world_to_camera, b.world_to_camera)
-                                     for a, b in zip(cams, photos.cameras)):
+    moved = any(not np.array_equal(a.world_to_camera, b.world_to_camera) for a, b in zip(cams, photos.cameras))
+    # the refit also runs when the silhouette stage kept every pose: the views were then sampled
+    # without the photos it was to refine, and the model must still hold every photo
+    if config.refine_cameras and (moved or silhouettes):
         photos = PosedSet(cams, photos.images, photos.masks, photos.names, photos.meta)
         anchors = anchors_of(photos, config.photo_weight)
         if relayout:

@@ -178,3 +178,9 @@ def test_complete_refines_unmatched_photos_by_silhouettes(monkeypatch):
     kept = C.complete(bad, None, C.CompleteConfig(refine_cameras=True, refine_silhouettes=False, **fast), generator=orc)
     assert kept.metrics["cameras_refined"].startswith("input poses kept")
     assert all(np.array_equal(a.world_to_camera, b.world_to_camera) for a, b in zip(kept.cameras, bad.cameras))
+    # exact cameras: the stage keeps (or barely moves) the poses, and the model is still refitted
+    # with every photo (the views were sampled against the reference alone)
+    exact = PosedSet(true, bad.images, bad.masks)
+    ok = C.complete(exact, None, C.CompleteConfig(refine_cameras=True, **fast), generator=orc)
+    assert "refine_cameras_after" in ok.metrics["seconds"], ok.metrics["cameras_refined"]
+    assert rotation_errors(ok.cameras, true)[0] < 0.5, ok.metrics["cameras_refined"]
