@@ -136,3 +136,41 @@ def test_scene_cameras_are_refined_and_updated_on_request(registered, tiny_model
     cams = [bpy.data.objects[f"Cam{i}"] for i in range(3)]
     assert max(np.abs(a - b).max() for a, b in zip(_rotations(cams), turned)) < 1e-5
     assert all(np.allclose(np.array(c.matrix_world.col[3][:3]), p, atol=0.05) for c, p in zip(cams, centres))
+
+
+def test_camera_updates_skip_parented_animated_and_deleted_cameras(registered):
+    """apply_camera_updates moves a plain camera to its refined pose (keeping its scale) and leaves
+    a parented, a constrained, an animated and a deleted camera as they are, one warning each."""
+    bpy = registered
+    from mathutils import Matrix
+
+    from viewforge.bridge.cameras import create_bpy_camera
+    from viewforge.bridge.reconstruct import apply_camera_updates, camera_report
+
+    scene = bpy.context.scene
+    cams = [create_bpy_camera(_engine_camera(i, 6, SIZE), scene, name=f"C{i}") for i in range(5)]
+    cams[0].scale = (2.0, 2.0, 2.0)
+    bpy.context.view_layer.update()
+    cams[1].parent = bpy.data.objects.new("Rig", None)
+    cams[2].constraints.new("TRACK_TO")
+    cams[3].keyframe_insert("location", frame=1)
+    names = [c.name for c in cams] + ["Gone"]
+    turn = Matrix.Rotation(math.radians(1.5), 4, "X")
+    targets = [np.array(c.matrix_world.normalized() @ turn) for c in cams] + [np.eye(4)]
+    before = [np.array(c.matrix_world) for c in cams]
+    updates = [{"name": n, "rotation_deg": 1.5, "moved": 0.0, "camera_to_world_gl": t.tolist()}
+               for n, t in zip(names, targets)]
+    updates[4]["rotation_deg"] = 0.0  # C4: not refined, not touched
+    warnings = apply_camera_updates(names, updates)
+    assert [w.split("'")[1] for w in warnings] == ["C1", "C2", "C3", "Gone"], warnings
+    assert "parented" in warnings[0] and "constraints" in warnings[1] and "animated" in warnings[2]
+    assert "deleted" in warnings[3]
+    m = np.array(cams[0].matrix_world)
+    np.testing.assert_allclose(m[:3, :3] / 2.0, targets[0][:3, :3], atol=1e-5)  # turned, scale kept
+    np.testing.assert_allclose(m[:3, 3], before[0][:3, 3], atol=1e-5)
+    for c, b in zip(cams[1:], before[1:]):
+        np.testing.assert_allclose(np.array(c.matrix_world), b, atol=1e-6)
+    assert apply_camera_updates(names[:2], updates) == [
+        "the job refined 6 cameras but 2 were sent: none was moved"]
+    assert camera_report(updates, True).startswith("5 of 6 cameras refined (1.50-1.50 degrees)")
+    assert camera_report([dict(u, rotation_deg=0.0) for u in updates], False).startswith("cameras kept")
