@@ -429,14 +429,14 @@ def import_result(prepared: PreparedJob, result, location=None) -> Any:
     return obj
 
 
-def refined_cameras(updates: list[dict]) -> list[dict]:
-    """The entries of the metrics' ``cameras`` whose pose the refinement changed."""
-    return [u for u in updates if u.get("rotation_deg", 0.0) > 1e-4 or u.get("moved", 0.0) > 1e-7]
+def _changed(update: dict) -> bool:
+    """Whether the refinement changed this camera's pose (an entry of the metrics' ``cameras``)."""
+    return update.get("rotation_deg", 0.0) > 1e-4 or update.get("moved", 0.0) > 1e-7
 
 
 def camera_report(updates: list[dict], applied: bool) -> str:
     """One clause for the job's report: how many cameras the refinement changed and by how much."""
-    changed = refined_cameras(updates)
+    changed = [u for u in updates if _changed(u)]
     if not updates:
         return ""
     if not changed:
@@ -459,7 +459,7 @@ def apply_camera_updates(camera_names: list[str], updates: list[dict]) -> list[s
         return [f"the job refined {len(updates)} cameras but {len(camera_names)} were sent: none was moved"]
     warnings = []
     for name, u in zip(camera_names, updates):
-        if u not in refined_cameras([u]):
+        if not _changed(u):
             continue
         obj = bpy.data.objects.get(name)
         why = ("was deleted while the job ran" if obj is None or obj.type != "CAMERA" else

@@ -440,7 +440,7 @@ def _refine_silhouettes(posed: PosedSet, photos: PosedSet, lay: Layout, views: S
     SILHOUETTE_SIZE px; the hull field on a cube of 1.6 times the object's radius in the virtual
     reference camera (``fill`` of its side) around the rig centre. Returns the cameras at the
     working size, the rig placement (moved with the views' frame when photos moved) and a note."""
-    from .poses.silhouette import SilhouetteConfig, refine_by_silhouettes
+    from .poses.silhouette import SilhouetteConfig, frame_move, refine_by_silhouettes
 
     sil = prepare_photos(posed, SILHOUETTE_SIZE) if SILHOUETTE_SIZE > max(max(c.width, c.height)
                                                                            for c in photos.cameras) else photos
@@ -456,18 +456,8 @@ def _refine_silhouettes(posed: PosedSet, photos: PosedSet, lay: Layout, views: S
     out = [c.resized(p.width, p.height) for c, p in zip(res.cameras, photos.cameras)]
     if res.frame_moved:  # p' = B (z (p - O) + O - C_ref) + C_ref for the rig: p_scene = s M p_gen + O
         b, z, c_ref = res.frame_rotation, res.frame_zoom, cams[lay.reference].center
-
-        def move(cam: Camera) -> Camera:
-            c = b @ (z * (cam.center - lay.centre) + lay.centre - c_ref) + c_ref
-            m = np.eye(4)
-            m[:3, :3] = cam.R @ b.T
-            m[:3, 3] = -m[:3, :3] @ c
-            return cam.with_pose(m)
-
-        pl = RigPlacement(z * pl.scale, b @ pl.rotation, b @ (lay.centre - c_ref) + c_ref, move(pl.reference),
-                          [move(c) for c in pl.cameras], pl.focal_ratio)
-        assert all(np.allclose(a.world_to_camera, c.world_to_camera, atol=1e-6)
-                   for a, c in zip(pl.cameras, res.frame_cameras))
+        pl = RigPlacement(z * pl.scale, b @ pl.rotation, b @ (lay.centre - c_ref) + c_ref,
+                          frame_move(pl.reference, b, z, lay.centre, c_ref), list(res.frame_cameras), pl.focal_ratio)
     return out, pl, res.note
 
 

@@ -176,6 +176,20 @@ def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return out[:, :, None] if squeeze else out
 
 
+def mask_signed_distance(mask: np.ndarray, threshold: float = 0.5, upsample: int = 4) -> np.ndarray:
+    """(H u, W u) signed distance, in pixels of the ORIGINAL image and positive outside, to the
+    outline of ``mask > threshold`` on the mask upsampled ``u`` times (linear: a sub-pixel outline);
+    sample ``(x, y)`` of the result lies at original pixel coordinates ``((x + 0.5) / u, (y + 0.5) / u)``."""
+    from scipy.ndimage import distance_transform_edt
+
+    a = np.asarray(mask, np.float32)
+    u = max(int(upsample), 1)
+    inside = resize(a, a.shape[1] * u, a.shape[0] * u) > threshold
+    d_out = distance_transform_edt(~inside)  # outside pixels: distance to the nearest inside one
+    d_in = distance_transform_edt(inside)
+    return (np.where(inside, -(d_in - 0.5), d_out - 0.5) / u).astype(np.float32)
+
+
 def undistort(
     image: np.ndarray, camera: Camera, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, Camera]:

@@ -10,8 +10,8 @@ import pytest
 
 from viewforge.engine.cameras import Camera, look_at, rotation_angle_deg
 from viewforge.engine.poses.evaluate import perturb_cameras, rotation_errors
-from viewforge.engine.poses.silhouette import SilhouetteConfig, _rotvec, hull_field, mask_sdf, outline_points, \
-    refine_by_silhouettes
+from viewforge.engine.images import mask_signed_distance
+from viewforge.engine.poses.silhouette import SilhouetteConfig, _rotvec, hull_field, outline_points, refine_by_silhouettes
 
 # (centre, semi-axes): body, head, beak
 SHAPE = [((0.0, 0.0, 0.0), (0.9, 0.55, 0.45)), ((0.55, 0.0, 0.55), (0.3, 0.28, 0.3)),
@@ -75,7 +75,7 @@ def _scene(n_photos: int, seed: int):
 def test_mask_sdf_and_outline_are_subpixel():
     cam = _cam(0, 0, 4.0, 64, 35)
     m = _mask(cam, 4)
-    sdf = mask_sdf(m, 0.5, 4)
+    sdf = mask_signed_distance(m, 0.5, 4)
     assert sdf.shape == (256, 256)
     pts = outline_points(m, 100)
     assert 50 <= len(pts) <= 100

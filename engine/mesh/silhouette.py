@@ -68,16 +68,9 @@ def silhouette_offset(vertices: np.ndarray, faces: np.ndarray, cameras: list[Cam
 def _signed_distance(mask: np.ndarray, upsample: int = 4) -> np.ndarray:
     """Signed distance (pixels, > 0 inside) to the 0.5 level of a soft mask (H, W), sampled at
     pixel centres; ``upsample`` x finer for sub-pixel precision. Returns an (H u, W u) map."""
-    from scipy import ndimage
+    from ..images import mask_signed_distance
 
-    from ..images import resize
-
-    m = np.asarray(mask, dtype=np.float32)
-    u = int(upsample)
-    big = resize(m, m.shape[1] * u, m.shape[0] * u) > 0.5
-    inside = ndimage.distance_transform_edt(big)
-    outside = ndimage.distance_transform_edt(~big)
-    return (np.where(big, inside - 0.5, 0.5 - outside) / u).astype(np.float32)
+    return -mask_signed_distance(mask, 0.5, upsample)
 
 
 def _sample(grid: np.ndarray, uv: np.ndarray, upsample: int) -> np.ndarray:

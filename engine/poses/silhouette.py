@@ -53,6 +53,7 @@ from typing import Sequence
 import numpy as np
 
 from ..cameras import Camera, rotation_angle_deg
+from ..images import mask_signed_distance
 from ..progress import CancelToken, ProgressCallback, check, report
 
 log = logging.getLogger(__name__)
@@ -120,25 +121,9 @@ class SilhouetteResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def mask_sdf(alpha: np.ndarray, threshold: float = 0.5, supersample: int = 4) -> np.ndarray:
-    """(H*s, W*s) signed distance (in ORIGINAL pixels, positive outside) to the outline of
-    ``alpha > threshold`` on the alpha upsampled ``s`` times (bilinear: sub-pixel outline)."""
-    import cv2
-    from scipy.ndimage import distance_transform_edt
-
-    a = np.asarray(alpha, np.float32)
-    s = max(int(supersample), 1)
-    if s > 1:
-        a = cv2.resize(a, (a.shape[1] * s, a.shape[0] * s), interpolation=cv2.INTER_LINEAR)
-    inside = a > threshold
-    d_out = distance_transform_edt(~inside)  # outside pixels: distance to the nearest inside one
-    d_in = distance_transform_edt(inside)
-    sdf = np.where(inside, -(d_in - 0.5), d_out - 0.5)
-    return (sdf / s).astype(np.float32)
-
-
 def _sample_sdf(sdf: np.ndarray, s: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Bilinear read of a :func:`mask_sdf` field at continuous pixel coordinates (original image);
+    """Bilinear read of a :func:`~viewforge.engine.images.mask_signed_distance` field at
+    continuous pixel coordinates (original image);
     outside the image: the border value plus the distance beyond it."""
     from scipy.ndimage import map_coordinates
 
@@ -179,7 +164,7 @@ def hull_field(cameras: Sequence[Camera], masks: Sequence[np.ndarray], centre: n
     pts = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3) + origin
     f = np.full(len(pts), -np.inf)
     for cam, m in zip(cameras, masks):
-        sdf = mask_sdf(m, threshold, supersample)
+        sdf = mask_signed_distance(m, threshold, supersample)
         pc = pts @ cam.R.T + cam.t
         z = pc[:, 2]
         ok = z > 1e-6
@@ -245,6 +230,15 @@ def _with(cam: Camera, r: np.ndarray, c: np.ndarray) -> Camera:
     m[:3, :3] = r
     m[:3, 3] = -r @ c
     return cam.with_pose(m)
+
+
+def frame_move(cam: Camera, rotation: np.ndarray, zoom: float, centre: np.ndarray, pivot: np.ndarray) -> Camera:
+    """A camera of the views' frame moved by stage 1's correction (module docstring): scaled by
+    ``zoom`` about ``centre`` (O), then ``x' = B (x - C_ref) + C_ref`` with ``B`` = ``rotation``
+    and ``C_ref`` = ``pivot`` (the result's ``frame_rotation`` / ``frame_zoom``; completion moves
+    the rig's reference camera with it)."""
+    zoomed = centre + zoom * (cam.center - centre)
+    return _with(cam, *_frame_map(cam.R, zoomed, rotation, pivot))
 
 
 class _Photo:
@@ -326,6 +320,7 @@ def refine_by_silhouettes(
     z = np.zeros(3)
     c_ref = cameras[reference].center
     b = np.eye(3)
+    views = list(frame_cameras)  # as given; frame_cameras below: zoomed by stage 1
     report(progress, "silhouette poses", 0, 4, "frame")
     zeta = 0.0
     if cfg.fit_frame:  # stage 1: the reference photo against the views alone
@@ -390,7 +385,7 @@ def refine_by_silhouettes(
             out.cameras[j] = _with(p.cam, r2, c2)
             out.refined[j] = True
     if any(out.refined):
-        out.frame_cameras = [_with(c, *_frame_map(c.R, c.center, b, c_ref)) for c in frame_cameras]  # zoomed
+        out.frame_cameras = [frame_move(c, b, out.frame_zoom, centre, c_ref) for c in views]
         out.frame_rotation, out.frame_moved = b, True
     out.frame_deg = math.degrees(float(np.linalg.norm(_rotlog(b @ _rotvec(a)))))
     out.steps_deg = [round(s, 3) for s in steps]

@@ -199,20 +199,17 @@ def shell_cameras(rig: Sequence[Camera], n: int) -> list[Camera]:
     """``n`` cameras looking at the point ``O`` the rig looks at, from directions spread evenly
     over the sphere (a Fibonacci lattice about the rig's mean up), at the rig's mean distance,
     with the first rig camera's intrinsics. ``O`` is the least-squares point closest to the rig's
-    optical axes, ``sum_j (I - d_j d_j^T) O = sum_j (I - d_j d_j^T) C_j``."""
+    optical axes, ``sum_j (I - d_j d_j^T) O = sum_j (I - d_j d_j^T) C_j``
+    (:func:`viewforge.engine.splat.model.look_target`)."""
     from ..cameras import look_at
+    from ..splat.model import look_target
 
     if n <= 0:
         return []
     if len(rig) < 2:
         raise InputError("the RVC holding cameras need a rig of at least 2 cameras", "give the generator's rig")
-    a, b, ups = np.zeros((3, 3)), np.zeros(3), []
-    for c in rig:
-        d = c.R[2] / np.linalg.norm(c.R[2])
-        p = np.eye(3) - np.outer(d, d)
-        a, b = a + p, b + p @ c.center
-        ups.append(-c.R[1])  # image up in the world
-    o = np.linalg.lstsq(a, b, rcond=None)[0]
+    o = look_target(list(rig))
+    ups = [-c.R[1] for c in rig]  # image up in the world
     dist = float(np.mean([np.linalg.norm(c.center - o) for c in rig]))
     up = np.mean(ups, axis=0)
     up = up / np.linalg.norm(up) if np.linalg.norm(up) > 1e-6 else np.array([0.0, 0.0, 1.0])
