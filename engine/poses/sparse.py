@@ -390,6 +390,12 @@ class PhotoRigConfig:
         ``prior_weight_translation``): scene cameras' positions are held, their orientations
         follow the matches (with two or three photos the orbit mode, a rotation plus a sideways
         move, is otherwise pinned only by the prior).
+    outlier_px: observations whose reprojection error after an adjustment exceeds this (working
+        pixels) are dropped (FeatureConfig ``outlier_px``, 4 there; a view is reliable below half
+        of it). With two to four photos a few consistently wrong matches (view-dependent
+        features, e.g. where one surface passes behind another) pull the few poses more than in
+        a large set: 1.5 px measured better on three independent sets (docs/poses.md section 3,
+        "Outlier threshold").
     features: other :class:`~viewforge.engine.poses.features.FeatureConfig` fields.
     """
 
@@ -401,6 +407,7 @@ class PhotoRigConfig:
     band_schedule: tuple[float, ...] = (0.0, 0.02, 0.01)
     prior_rotation: float = 0.1
     prior_translation: float = 3.0
+    outlier_px: float = 1.5
     features: dict = field(default_factory=dict)
 
 
@@ -451,7 +458,8 @@ def refine_photo_rig(posed: PosedSet, config: PhotoRigConfig = PhotoRigConfig(),
                                 "min_pair_inliers": config.min_matches,
                                 "min_view_observations": config.min_observations, "band_schedule": config.band_schedule,
                                 "prior_weight": config.prior_rotation,
-                                "prior_weight_translation": config.prior_translation, **config.features})
+                                "prior_weight_translation": config.prior_translation,
+                                "outlier_px": config.outlier_px, **config.features})
         try:
             res = refine_poses_features(posed, fcfg, progress=progress, cancel=cancel)
         except CameraError as e:
