@@ -46,7 +46,8 @@ def test_three_photos_agree_after_refinement(photos, seed):
     absolute, aligned = rotation_errors(res.cameras, true)
     print(f"seed {seed}: aligned {aligned0:.3f} -> {aligned:.3f}, absolute {absolute0:.3f} -> {absolute:.3f}; {res.note}")
     assert all(res.refined) and res.rms_after < res.rms_before
-    assert aligned < 0.3 and aligned < 0.2 * aligned0
+    # 0.10-0.11 with outlier_px 1.5; 0.17-0.19 with the feature stage's 4 px (docs/poses.md section 3)
+    assert aligned < 0.15 and aligned < 0.2 * aligned0
     assert absolute < absolute0  # the gauge back onto the input rig averages the input errors
     assert [c.width for c in res.cameras] == [c.width for c in true]  # input sizes kept
 
