@@ -85,6 +85,11 @@ class CompleteConfig:
     refine_fallback: when the photos do not match each other, refine them after sampling against
         the model (render-match-PnP), re-place the rig and refit (default False: unreliable here;
         ``_refine``); it replaces the silhouette stage when set.
+    final_fit: without RVC, the model ends with one more warm fit (``warm_iterations``) of the
+        views and the photos (default True). With RVC the model already ends with one after the
+        last correction (RVCConfig ``final_fit``), so RVC and no RVC spend the same fit budget and
+        compare fairly (before, RVC's extra fit made up 0.5-0.7 dB of its gain at the inputs:
+        docs/completion.md).
     make_mesh: run the mesh stage (default True; a .glb output needs it).
     faces, texture_size: mesh face budget and texture side.
     mesh: overrides of MeshConfig fields. fit: overrides of the sampler's FitConfig fields.
@@ -108,6 +113,7 @@ class CompleteConfig:
     refine_cameras: bool = False
     refine_silhouettes: bool = True
     refine_fallback: bool = False
+    final_fit: bool = True
     make_mesh: bool = True
     faces: int = 30000
     texture_size: int = 1024
@@ -574,6 +580,11 @@ def complete(
                 splats = fit_anchored(res.views, lay.placement.cameras, anchors, iterations=config.warm_iterations,
                                       init=splats, config=scfg, seed=config.seed + 23, cancel=cancel)
         seconds["refine_cameras_after"] = time.perf_counter() - t
+    if rvc is None and config.final_fit:  # the fit budget of RVC's final fit (CompleteConfig.final_fit)
+        t = time.perf_counter()
+        splats = fit_anchored(res.views, lay.placement.cameras, anchors, iterations=config.warm_iterations,
+                              init=splats, config=scfg, seed=config.seed + 23, cancel=cancel)
+        seconds["final_fit"] = time.perf_counter() - t
     check(cancel)
     metrics: dict[str, Any] = {
         "generator": gen.info.id, "steps": config.steps, "generator_evals": res.evaluations,
