@@ -237,3 +237,20 @@ def test_photos_refined_against_each_other_before_sampling(monkeypatch):
     assert note == "refined against each other"
     assert [c.width for c in refined.cameras] == [128] * 3 and refined.images is photos.images
     assert rotation_errors(refined.cameras, true)[1] < 0.3 < rotation_errors(bad.cameras, true)[1]
+
+
+def test_without_rvc_the_model_gets_the_final_fit_of_rvc(scene):
+    """RVC's model ends with one more warm fit after its last correction; without RVC the same
+    fit budget goes to the plain fit (CompleteConfig.final_fit), so the two compare fairly."""
+    from viewforge.engine.complete import CompleteConfig, complete
+    from viewforge.engine.mvgen.oracle import OracleConfig, PerturbedOracle
+
+    m, rig, ref, posed = scene
+    orc = PerturbedOracle.for_photos(m, posed, rig, ref, OracleConfig(seed=2))
+    base = dict(FAST, rvc=False, make_mesh=False)
+    short = complete(posed, None, CompleteConfig(final_fit=False, **base), generator=orc)
+    full = complete(posed, None, CompleteConfig(**base), generator=orc)
+    print(f"psnr_inputs {short.metrics['psnr_inputs']:.2f} -> {full.metrics['psnr_inputs']:.2f}")
+    assert "final_fit" in full.metrics["seconds"] and "final_fit" not in short.metrics["seconds"]
+    assert np.array_equal(np.stack(full.views), np.stack(short.views))  # the same samples, fitted longer
+    assert full.metrics["psnr_inputs"] > short.metrics["psnr_inputs"] + 0.1
