@@ -217,7 +217,7 @@ def test_detail_hold_keeps_the_fine_band_at_the_holding_views(setup, base):
         high[w] = float(np.mean([((x - blur(x)) ** 2).mean().item() for x in d]))
         low[w] = float(np.mean([(blur(x) ** 2).mean().item() for x in d]))
         gain[w] = np.mean(c.losses_before) - np.mean(c.losses_after)
-    assert RVCConfig().detail_weight == 100.0 and RVCConfig().detail_sigma == 1.5
+    assert RVCConfig().detail_weight == 20.0 and RVCConfig().detail_sigma == 1.5
     assert high[100.0] < 0.3 * high[0.0], high  # measured 0.09
     assert high[100.0] / low[100.0] < 0.7 * high[0.0] / low[0.0], (high, low)  # the fine band is held more
     assert gain[100.0] > 0.3 * gain[0.0] > 0, gain  # the photos are still fitted (measured 0.64)
