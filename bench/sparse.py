@@ -16,9 +16,9 @@ box centre at the origin, longest side 2, +Z up):
   placed from the TRUE reference camera (``PerturbedOracle.for_photos``): a real generator sees
   the photo, taken at the true camera. Completion places the rig from the cameras it is given.
 - **Methods**: recon (fit the photos only, the existing fit + mesh stage, the sampler's fit budget:
-  the first fit and 3 warm fits; completion's final warm fit not included), complete (engine/complete.py, RVC off;
-  since session 7 its model ends with the warm fit RVC's ends with: equal fit budgets), complete_rvc
-  (RVC on, lambda 0.1).
+  the first fit and 3 warm fits; completion's final warm fit not included), complete
+  (engine/complete.py, RVC off; since session 7 its model ends with the warm fit RVC's ends with:
+  equal fit budgets), complete_rvc (RVC on, lambda 0.1).
 - **Pose refinement** (perturbed rows, unless ``--no-refine``): ``CompleteConfig(refine_cameras=
   True)``: the photos against each other before sampling (engine/poses/sparse.py
   ``refine_photo_rig``); photos that do not match keep their poses (the fallback against the
