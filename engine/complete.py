@@ -532,8 +532,11 @@ def complete(
     # trusted only (the reference, the ones the features refined): the photos at wrong poses would
     # pull the views into disagreement with the reference, the frame the stage relies on
     sample_anchors = [a for j, a in enumerate(anchors) if j not in unrefined] if silhouettes else anchors
-    res = sample(gen, lay.condition, scfg, cameras=lay.placement.cameras, anchors=sample_anchors, rvc=rvc,
-                 progress=progress, cancel=cancel)
+    # ... and without RVC: the correction waits for the refined cameras (after the stage, below).
+    # In the sampler it would pull the views towards the reference photo alone and move the
+    # frame the stage reads (docs/completion.md, "Why RVC lowers held-out PSNR")
+    res = sample(gen, lay.condition, scfg, cameras=lay.placement.cameras, anchors=sample_anchors,
+                 rvc=None if silhouettes else rvc, progress=progress, cancel=cancel)
     seconds.update({f"sample_{k}": v for k, v in res.seconds.items() if k != "total"})
     splats, cams = res.splats, list(photos.cameras)
     relayout = False
