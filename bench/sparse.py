@@ -15,8 +15,8 @@ box centre at the origin, longest side 2, +Z up):
   step 60, elevations 20 / -10, FoV 30, in its own frame) whose truth is rendered at the rig
   placed from the TRUE reference camera (``PerturbedOracle.for_photos``): a real generator sees
   the photo, taken at the true camera. Completion places the rig from the cameras it is given.
-- **Methods**: recon (fit the photos only, the existing fit + mesh stage, the sampler's fit budget:
-  the first fit and 3 warm fits; completion's final warm fit not included), complete
+- **Methods**: recon (fit the photos only, the existing fit + mesh stage, completion's fit budget:
+  the first fit, 3 warm fits and the final warm fit, in one run), complete
   (engine/complete.py, RVC off; since session 7 its model ends with the warm fit RVC's ends with:
   equal fit budgets), complete_rvc (RVC on, lambda 0.1).
 - **Pose refinement** (perturbed rows, unless ``--no-refine``): ``CompleteConfig(refine_cameras=
@@ -101,8 +101,8 @@ def _mean_psnr(renders, truths) -> float:
 
 
 def run_recon(photos: PosedSet, settings: dict, refine: bool, seed: int):
-    """Photos only: the existing fit (same budget as completion's fits), optionally at the cameras
-    refined against each other."""
+    """Photos only: the existing fit (completion's fit budget: the first fit, the sampler's 3 warm
+    fits and the final warm fit), optionally at the cameras refined against each other."""
     from viewforge.engine.complete import _refine_photos_first, prepare_photos
     from viewforge.engine.sampling.aware import SAMPLER_FIT
     from viewforge.engine.splat.fit import fit_splats
@@ -112,7 +112,7 @@ def run_recon(photos: PosedSet, settings: dict, refine: bool, seed: int):
     if refine:  # the photos against each other, as completion does before sampling
         ph, note = _refine_photos_first(photos, ph, None, None)
         note = note or "input poses kept"
-    budget = settings["fit_iterations"] + 3 * settings["warm_iterations"]
+    budget = settings["fit_iterations"] + 4 * settings["warm_iterations"]
     cfg = replace(SAMPLER_FIT, iterations=budget, device="cpu", seed=seed)
     splats = fit_splats(ph, cfg).splats
     cams = list(ph.cameras)
