@@ -8,6 +8,7 @@ takes seconds.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -44,6 +45,21 @@ def scene_state(bpy) -> dict:
         "cameras": sorted(c.name for c in bpy.data.cameras),
         "collections": sorted(c.name for c in bpy.data.collections),
     }
+
+
+@contextlib.contextmanager
+def one_undo_step(bpy, operator):
+    """Runs ``operator`` (it must finish) on a scene saved as an undo step and yields the objects it
+    added; after the block one undo must leave every datablock collection as it was before."""
+    before = {o.name for o in bpy.data.objects}
+    bpy.ops.ed.undo_push(message="scene ready")
+    state = scene_state(bpy)
+    assert operator() == {"FINISHED"}
+    new = [o for o in bpy.data.objects if o.name not in before]
+    assert new and scene_state(bpy) != state
+    yield new
+    bpy.ops.ed.undo()
+    assert scene_state(bpy) == state
 
 
 def _engine_camera(i: int, n: int, size: int = RENDER_SIZE, elevation: float = 0.45, dist: float = 4.0):
@@ -311,29 +327,22 @@ def test_generate_operator_imports_at_the_3d_cursor(registered, tmp_path):
     _generate_settings(bpy, tmp_path, str(model))
     bpy.context.scene.cursor.location = (2.0, -1.0, 0.5)
     assert bpy.ops.viewforge.generate.poll()
-    before = {o.name for o in bpy.data.objects}
-    bpy.ops.ed.undo_push(message="scene ready")
-    state = scene_state(bpy)
-    assert bpy.ops.viewforge.generate() == {"FINISHED"}
-    new = [o for o in bpy.data.objects if o.name not in before]
-    assert len(new) == 1 and new[0].type == "MESH" and new[0].name == "gen"
-    obj = new[0]
-    assert 100 < len(obj.data.polygons) <= 1500 and obj.data.uv_layers
-    lo, hi = bbox(world_vertices(obj))
-    assert abs(float(lo[2]) - 0.5) < 1e-3  # standing on the cursor
-    assert np.allclose((lo[:2] + hi[:2]) / 2, (2.0, -1.0), atol=1e-3)  # centred on it
-    assert abs(float((hi - lo).max()) - 1.5) < 1e-3  # Size
-    mat = obj.data.materials[0]
-    bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
-    link = bsdf.inputs["Base Color"].links[0]
-    assert link.from_node.type == "TEX_IMAGE" and tuple(link.from_node.image.size) == (128, 128)
-    assert (tmp_path / "out" / "gen.glb").is_file()
-    from viewforge.bridge import jobs
+    with one_undo_step(bpy, bpy.ops.viewforge.generate) as new:
+        assert len(new) == 1 and new[0].type == "MESH" and new[0].name == "gen"
+        obj = new[0]
+        assert 100 < len(obj.data.polygons) <= 1500 and obj.data.uv_layers
+        lo, hi = bbox(world_vertices(obj))
+        assert abs(float(lo[2]) - 0.5) < 1e-3  # standing on the cursor
+        assert np.allclose((lo[:2] + hi[:2]) / 2, (2.0, -1.0), atol=1e-3)  # centred on it
+        assert abs(float((hi - lo).max()) - 1.5) < 1e-3  # Size
+        mat = obj.data.materials[0]
+        bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+        link = bsdf.inputs["Base Color"].links[0]
+        assert link.from_node.type == "TEX_IMAGE" and tuple(link.from_node.image.size) == (128, 128)
+        assert (tmp_path / "out" / "gen.glb").is_file()
+        from viewforge.bridge import jobs
 
-    assert jobs.LAST.state == "done" and "8 generator evaluations" in jobs.LAST.message
-    assert scene_state(bpy) != state
-    bpy.ops.ed.undo()
-    assert scene_state(bpy) == state
+        assert jobs.LAST.state == "done" and "8 generator evaluations" in jobs.LAST.message
 
 
 def test_generate_missing_weights_is_one_clear_error(registered, tmp_path, monkeypatch):
@@ -492,23 +501,15 @@ def test_reconstruct_operator_builds_an_aligned_textured_mesh(registered, tmp_pa
     s.resolution, s.iterations, s.faces, s.texture_size = 40, 60, 2000, 256
     s.output_folder = str(tmp_path / "out")
     s.output_name = "recon"
-    before = {o.name for o in bpy.data.objects}
-    bpy.ops.ed.undo_push(message="scene ready")
-    state = scene_state(bpy)
-    assert bpy.ops.viewforge.reconstruct() == {"FINISHED"}
-    new = [o for o in bpy.data.objects if o.name not in before]
-    assert len(new) == 1 and new[0].type == "MESH" and new[0].name == "recon"
-    obj = new[0]
-    assert 500 < len(obj.data.polygons) <= 2000 and obj.data.uv_layers
-    mat = obj.data.materials[0]
-    assert any(n.type == "TEX_IMAGE" and n.image is not None for n in mat.node_tree.nodes)
-    iou = bbox_iou(bbox(world_vertices(obj)), source_box)
-    assert iou >= 0.8, iou
-    assert (tmp_path / "out" / "recon.glb").is_file()
-    # one undo step removes everything the import made (object, mesh, material, texture)
-    assert scene_state(bpy) != state
-    bpy.ops.ed.undo()
-    assert scene_state(bpy) == state
+    with one_undo_step(bpy, bpy.ops.viewforge.reconstruct) as new:
+        assert len(new) == 1 and new[0].type == "MESH" and new[0].name == "recon"
+        obj = new[0]
+        assert 500 < len(obj.data.polygons) <= 2000 and obj.data.uv_layers
+        mat = obj.data.materials[0]
+        assert any(n.type == "TEX_IMAGE" and n.image is not None for n in mat.node_tree.nodes)
+        iou = bbox_iou(bbox(world_vertices(obj)), source_box)
+        assert iou >= 0.8, iou
+        assert (tmp_path / "out" / "recon.glb").is_file()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -657,24 +658,18 @@ def test_photos_without_cameras_become_cameras_and_a_mesh(registered, photo_fold
     s.quality, s.device = "DRAFT", "CPU"
     s.resolution, s.iterations, s.faces, s.texture_size = 48, 80, 2000, 256
     s.output_name = "sfm"
-    before = {o.name for o in bpy.data.objects}
-    bpy.ops.ed.undo_push(message="scene ready")
-    state = scene_state(bpy)
-    assert bpy.ops.viewforge.reconstruct() == {"FINISHED"}
-    new = [o for o in bpy.data.objects if o.name not in before]
-    meshes, cams = [o for o in new if o.type == "MESH"], [o for o in new if o.type == "CAMERA"]
-    assert [o.name for o in meshes] == ["sfm"] and len(cams) == 16
-    assert all(len(c.data.background_images) and c.data.background_images[0].image is not None for c in cams)
-    scene = bpy.context.scene
-    assert (scene.render.resolution_x, scene.render.resolution_y) == (256, 256)
-    assert (tmp_path / "out" / "sfm_cameras" / "transforms.json").is_file()
-    # the mesh sits where the estimated cameras look: every camera sees the object's centre in front
-    centre = world_vertices(meshes[0]).mean(0)
-    for c in cams:
-        local = np.linalg.inv(np.array(c.matrix_world)) @ np.append(centre, 1.0)
-        assert local[2] < 0  # Blender cameras look down -Z
-    bpy.ops.ed.undo()
-    assert scene_state(bpy) == state
+    with one_undo_step(bpy, bpy.ops.viewforge.reconstruct) as new:
+        meshes, cams = [o for o in new if o.type == "MESH"], [o for o in new if o.type == "CAMERA"]
+        assert [o.name for o in meshes] == ["sfm"] and len(cams) == 16
+        assert all(len(c.data.background_images) and c.data.background_images[0].image is not None for c in cams)
+        scene = bpy.context.scene
+        assert (scene.render.resolution_x, scene.render.resolution_y) == (256, 256)
+        assert (tmp_path / "out" / "sfm_cameras" / "transforms.json").is_file()
+        # the mesh sits where the estimated cameras look: every camera sees the object's centre in front
+        centre = world_vertices(meshes[0]).mean(0)
+        for c in cams:
+            local = np.linalg.inv(np.array(c.matrix_world)) @ np.append(centre, 1.0)
+            assert local[2] < 0  # Blender cameras look down -Z
 
 
 def test_two_photos_are_completed_by_the_generator(registered, tiny_model, tmp_path):
@@ -692,20 +687,15 @@ def test_two_photos_are_completed_by_the_generator(registered, tiny_model, tmp_p
     s.quality, s.device = "DRAFT", "CPU"
     s.resolution, s.iterations, s.faces, s.texture_size = 48, 90, 1500, 128
     s.output_folder, s.output_name = str(tmp_path / "out"), "completed"
-    before = {o.name for o in bpy.data.objects}
-    bpy.ops.ed.undo_push(message="scene ready")
-    state = scene_state(bpy)
-    assert bpy.ops.viewforge.reconstruct() == {"FINISHED"}
-    new = [o for o in bpy.data.objects if o.name not in before]
-    assert [o.name for o in new] == ["completed"] and new[0].type == "MESH" and new[0].data.uv_layers
-    from viewforge.bridge import jobs
+    with one_undo_step(bpy, bpy.ops.viewforge.reconstruct) as new:
+        assert [o.name for o in new] == ["completed"] and new[0].type == "MESH" and new[0].data.uv_layers
+        from viewforge.bridge import jobs
 
-    assert jobs.LAST.state == "done" and "unseen sides generated" in jobs.LAST.message
-    # the photos anchor the result: it covers the photographed object (the tiny generator's random
-    # views add blobs around it, so the box is larger than the object's)
-    box = bbox(world_vertices(new[0]))
-    lo, hi = np.maximum(box[0], source_box[0]), np.minimum(box[1], source_box[1])
-    covered = np.prod(np.clip(hi - lo, 0, None)) / np.prod(source_box[1] - source_box[0])
-    assert covered > 0.8 and np.prod(box[1] - box[0]) < 30 * np.prod(source_box[1] - source_box[0]), (box, source_box)
-    bpy.ops.ed.undo()
-    assert scene_state(bpy) == state
+        assert jobs.LAST.state == "done" and "unseen sides generated" in jobs.LAST.message
+        # the photos anchor the result: it covers the photographed object (the tiny generator's random
+        # views add blobs around it, so the box is larger than the object's)
+        box = bbox(world_vertices(new[0]))
+        lo, hi = np.maximum(box[0], source_box[0]), np.minimum(box[1], source_box[1])
+        covered = np.prod(np.clip(hi - lo, 0, None)) / np.prod(source_box[1] - source_box[0])
+        volume, source_volume = np.prod(box[1] - box[0]), np.prod(source_box[1] - source_box[0])
+        assert covered > 0.8 and volume < 30 * source_volume, (box, source_box)
