@@ -59,6 +59,10 @@ log = logging.getLogger(__name__)
 COMPLETE_SUFFIXES = (".glb", ".ply")
 #: Longer side (pixels, never upsampled) of the photos given to the pose refinement.
 REFINE_SIZE = 512
+#: Said (metrics ``warnings``, the job's summary) when two photos' cameras are refined: how far the
+#: two turn towards each other is not observable from them (docs/poses.md section 3, "Two photos").
+TWO_PHOTOS_WARNING = ("two photos cannot pin how far their cameras turn towards each other: add a third photo "
+                      "from another height")
 
 
 @dataclass(frozen=True)
@@ -511,6 +515,9 @@ def complete(
     check(cancel)
     refine_note = None
     refined = [False] * len(photos)
+    warnings = [TWO_PHOTOS_WARNING] if config.refine_cameras and len(photos) == 2 else []
+    for w in warnings:
+        log.warning("%s", w)
     if config.refine_cameras:  # the photos against each other first: sampling then uses consistent cameras
         t = time.perf_counter()
         unrefined_cams = list(photos.cameras)
@@ -594,6 +601,7 @@ def complete(
         "photos": len(photos), "reference": photos.names[lay.reference], "centre": np.round(lay.centre, 4).tolist(),
         "centre_method": lay.centre_method, "rig_scale": round(lay.placement.scale, 5), "rvc": res.rvc,
         "rvc_enabled": bool(config.rvc), "num_gaussians": splats.num, "cameras_refined": refine_note,
+        "warnings": warnings,
         "input_losses": [round(x, 4) for x in anchor_losses(splats, anchors, device=scfg.fit.device)],
     }
     from .metrics import composite_on_white, psnr

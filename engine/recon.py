@@ -448,7 +448,7 @@ def _completion(transforms, posed: PosedSet, train_ids: list[int], train: PosedS
         "holdout": 0 if held is None else len(held),
         "resolution": config.resolution,
         "completion": {k: m.get(k) for k in ("generator", "steps", "generator_evals", "reference", "rvc_enabled",
-                                             "psnr_inputs", "cameras_refined")},
+                                             "psnr_inputs", "cameras_refined", "warnings")},
         **extra,
     }
     return res.splats, res.mesh, res.cameras, metrics

@@ -692,6 +692,8 @@ def test_two_photos_are_completed_by_the_generator(registered, tiny_model, tmp_p
         from viewforge.bridge import jobs
 
         assert jobs.LAST.state == "done" and "unseen sides generated" in jobs.LAST.message
+        # the cameras are refined by default, and two photos cannot pin their vergence: the report says so
+        assert "add a third photo from another height" in jobs.LAST.message
         # the photos anchor the result: it covers the photographed object (the tiny generator's random
         # views add blobs around it, so the box is larger than the object's)
         box = bbox(world_vertices(new[0]))

@@ -180,6 +180,7 @@ def test_refined_cameras_re_place_the_rig(scene, monkeypatch):
     true_rig = C.layout(C.prepare_photos(posed, 256), rig, ref).placement.cameras
     assert all(np.allclose(a.world_to_camera, b.world_to_camera, atol=1e-9) for a, b in zip(res.rig.cameras, true_rig))
     assert res.metrics["cameras_refined"] == "refined" and res.metrics["rvc"][-1]["after_refinement"]
+    assert res.metrics["warnings"] == [C.TWO_PHOTOS_WARNING] and "third photo" in C.TWO_PHOTOS_WARNING
     # closer to the truth around the object than the same run left at the perturbed cameras
     from viewforge.engine.metrics import psnr
     from viewforge.engine.mvgen.oracle import render_rgba
@@ -187,6 +188,7 @@ def test_refined_cameras_re_place_the_rig(scene, monkeypatch):
 
     monkeypatch.undo()
     stay = C.complete(bad, None, C.CompleteConfig(make_mesh=False, **FAST), generator=orc)
+    assert stay.metrics["warnings"] == []  # the cameras were not refined: nothing to warn about
     around = [orbit_camera(a, 15, 4.5, 30, SIZE) for a in range(0, 360, 45)]
     truth = [render_rgba(m, c) for c in around]
 
