@@ -563,6 +563,11 @@ def complete(
     elif config.refine_cameras and refine_note is None:
         refine_note = "input poses kept (the photos do not match each other)"
     moved = any(not np.array_equal(a.world_to_camera, b.world_to_camera) for a, b in zip(cams, photos.cameras))
+    # the model ends with one more warm fit of the views + photos: without RVC for the budget of
+    # RVC's final fit (CompleteConfig.final_fit); with RVC corrected after the refinement below, as
+    # the sampler does after a last-step correction, from R* (RVCConfig.final_fit). With RVC in the
+    # sampler, the sampler did it.
+    final_fit = rvc is None and config.final_fit
     # the refit also runs when the silhouette stage kept every pose: the views were then sampled
     # without the photos it was to refine, and the model must still hold every photo
     if config.refine_cameras and (moved or silhouettes):
@@ -586,11 +591,9 @@ def complete(
                               cancel=cancel)
             splats = comp.splats
             res.rvc.append({"t": 0, "after_refinement": True, **comp.report()})
-            if rvc.final_fit:  # as the sampler does after a last-step correction: the views + photos, from R*
-                splats = fit_anchored(res.views, lay.placement.cameras, anchors, iterations=config.warm_iterations,
-                                      init=splats, config=scfg, seed=config.seed + 23, cancel=cancel)
+            final_fit = rvc.final_fit
         seconds["refine_cameras_after"] = time.perf_counter() - t
-    if rvc is None and config.final_fit:  # the fit budget of RVC's final fit (CompleteConfig.final_fit)
+    if final_fit:
         t = time.perf_counter()
         splats = fit_anchored(res.views, lay.placement.cameras, anchors, iterations=config.warm_iterations,
                               init=splats, config=scfg, seed=config.seed + 23, cancel=cancel)
