@@ -4,7 +4,9 @@ Every command has ``--help``, exits 0 on success, 2 with one line
 ``viewforge: error: <what>. Fix: <how>.`` on bad input (any :class:`ViewforgeError`, and argument
 errors), 1 with one line on an unexpected error (the traceback only with ``--debug``), and 130 on
 Ctrl-C. Outputs are written atomically, so a failed or interrupted command leaves nothing at the
-output path. A progress bar is drawn on stderr when stderr is a terminal.
+output path. A progress bar is drawn on stderr when stderr is a terminal; when stdout is not a terminal
+(a log), progress comes as ``viewforge progress: <stage> <percent>% (<message>)`` lines on stdout, one
+per stage and at most one every 10 s.
 
 Adding a command: write
 ``_add_<name>(parser)`` and ``_run_<name>(args, progress) -> int`` and append a :class:`Command`
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .engine.errors import Cancelled, InputError, ViewforgeError
-from .engine.progress import ProgressEvent
+from .engine.progress import ProgressEvent, ProgressLines
 
 PROG = "viewforge"
 
@@ -48,17 +50,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 class ProgressBar:
-    """Turns engine :class:`ProgressEvent` s into a tqdm bar per stage on stderr.
+    """Turns engine :class:`ProgressEvent` s into a tqdm bar per stage on stderr, drawn only when
+    stderr is a terminal (``enabled=None``), and into plain lines on stdout when stdout is not a
+    terminal (``lines=None``: a log, a pipe, a batch system; :class:`ProgressLines`, prefixed
+    ``viewforge progress:``: one per stage and at most one every 10 s), so a long job is never
+    silent in a log and a log never fills with bar redraws."""
 
-    Enabled only when stderr is a terminal (``enabled=None``), so logs and CI output stay clean.
-    """
-
-    def __init__(self, enabled: bool | None = None) -> None:
+    def __init__(self, enabled: bool | None = None, lines: bool | None = None) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else bool(enabled)
+        want_lines = not sys.stdout.isatty() if lines is None else bool(lines)
+        self.lines = ProgressLines(prefix=f"{PROG} progress") if want_lines else None
         self._bar = None
         self._stage: str | None = None
 
     def __call__(self, event: ProgressEvent) -> None:
+        if self.lines is not None:
+            self.lines(event)
         if not self.enabled:
             return
         from tqdm import tqdm

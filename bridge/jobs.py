@@ -187,15 +187,33 @@ def tick() -> float | None:
     return None
 
 
+def progress_lines(stream=None, interval_s: float = 10.0) -> Callable[[dict], None]:
+    """An ``on_progress`` for :func:`run_blocking` that prints the job's progress as log lines
+    (``viewforge progress: <label>: <stage> <percent>% (<message>)``, one per stage and at most one
+    every ``interval_s`` seconds; :class:`~viewforge.engine.progress.ProgressLines`) on ``stream``
+    (None: stdout), so a ``blender -b`` log shows a long job moving."""
+    from ..engine.progress import ProgressEvent, ProgressLines
+
+    lines = ProgressLines(stream=stream, interval_s=interval_s, prefix="viewforge progress")
+
+    def on_progress(st: dict | None) -> None:
+        if st is not None and st.get("stage"):
+            lines(ProgressEvent(f"{st['label']}: {st['stage']}", float(st["fraction"]), st.get("message") or ""))
+
+    return on_progress
+
+
 def run_blocking(interval: float = 0.05, on_progress: Callable[[dict], None] | None = None) -> Outcome:
-    """Poll the active job until it ends (background mode); Ctrl-C cancels it."""
+    """Poll the active job until it ends (background mode); Ctrl-C cancels it. ``on_progress``
+    gets :func:`status` after every poll (None: :func:`progress_lines` on stdout)."""
     job = ACTIVE
     if job is None:
         raise RuntimeError("no Viewforge job is running")
+    if on_progress is None:
+        on_progress = progress_lines()
     try:
         while job.handle.poll():
-            if on_progress is not None:
-                on_progress(status())
+            on_progress(status())
             time.sleep(interval)
     except KeyboardInterrupt:
         job.handle.cancel()

@@ -412,8 +412,9 @@ def _refine_photos_first(posed: PosedSet, photos: PosedSet, progress, cancel) ->
         log.info("pose refinement before sampling: %s", rig.note)
         return photos, None
     cams = [c.resized(p.width, p.height) for c, p in zip(rig.cameras, photos.cameras)]
-    kept = len(photos) - sum(rig.refined)
-    note = "refined against each other" + (f" ({kept} of {len(photos)} kept their input pose)" if kept else "")
+    kept = [n for n, r in zip(photos.names, rig.refined) if not r]
+    note = "refined against each other" + (
+        f" ({len(kept)} of {len(photos)} kept their input pose: {', '.join(kept)})" if kept else "")
     log.info("pose refinement before sampling: %s", rig.note)
     return PosedSet(cams, photos.images, photos.masks, photos.names, photos.meta), note
 

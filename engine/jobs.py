@@ -169,9 +169,12 @@ def reconstruct_job(spec: JobSpec, progress: ProgressCallback | None = None, can
         summary += f"; cameras not found for: {', '.join(m['sfm']['unregistered'])}"
     if m.get("completion"):
         summary += f", unseen sides generated ({m['completion'].get('generator_evals')} generator evaluations)"
+        if m["completion"].get("cameras_refined"):
+            summary += f"; cameras: {m['completion']['cameras_refined']}"
         summary += "".join(f"; {w}" for w in m["completion"].get("warnings") or [])
     elif m.get("completion_skipped"):
         summary += "; the sides no photo saw were not completed (the generator's weights are missing)"
+    summary += "".join(f"; {w}" for w in m.get("warnings") or [])
     return JobResult(str(res.output), m, summary)
 
 

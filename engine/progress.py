@@ -8,8 +8,9 @@ cancel is honoured within a fraction of a second and the UI can show stage and p
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import Callable, Protocol
+import time
+from dataclasses import dataclass, field
+from typing import IO, Callable, Protocol
 
 from .errors import Cancelled
 
@@ -32,6 +33,37 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class ProgressLines:
+    """A progress callback for logs (a pipe, a batch log, ``blender -b`` output): one line when a
+    stage starts and then at most one every ``interval_s`` seconds, each with the stage, its
+    percentage and message, e.g. ``viewforge: fit 42% (step 1260/3000, 20000 Gaussians)``, so a long
+    job is never silent and a log is never flooded. ``stream``: where lines go (None: the
+    process's stdout at the time of the call); ``clock``: seconds (tests pass a fake clock)."""
+
+    stream: IO[str] | None = None
+    interval_s: float = 10.0
+    prefix: str = "viewforge"
+    clock: Callable[[], float] = time.monotonic
+    _stage: str | None = field(default=None, init=False)
+    _last: float = field(default=float("-inf"), init=False)
+
+    def __call__(self, event: ProgressEvent) -> None:
+        now = self.clock()
+        if event.stage == self._stage and now - self._last < self.interval_s:
+            return
+        self._stage, self._last = event.stage, now
+        self.write(f"{event.stage} {round(100 * event.fraction):d}%" + (f" ({event.message})" if event.message else ""))
+
+    def write(self, text: str) -> None:
+        """One line ``<prefix>: <text>``, flushed at once (logs are read while the job runs)."""
+        import sys
+
+        stream = self.stream if self.stream is not None else sys.stdout
+        stream.write(f"{self.prefix}: {text}\n")
+        stream.flush()
 
 
 class _EventLike(Protocol):

@@ -347,6 +347,7 @@ def reconstruct_posed(
         "iterations": result.iterations,
         "resolution": config.resolution,
         **({"completion_skipped": skipped} if skipped else {}),
+        "warnings": list(result.warnings),
         "pose_views": None if result.pose_views is None else [
             {"name": v.name, "score": round(v.score, 3), "reliable": v.reliable, "rms_px": round(v.rms_px, 3)}
             for v in result.pose_views

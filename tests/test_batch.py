@@ -56,7 +56,9 @@ def test_batch_runs_every_job_and_reports_failures(batch_input, tmp_path, capsys
     captured = capsys.readouterr()
     assert code == 1
     assert "2 of 3 jobs failed" in captured.err
-    lines = captured.out.strip().splitlines()
+    # progress lines first (stdout is not a terminal), then the table
+    lines = [ln for ln in captured.out.strip().splitlines() if not ln.startswith("viewforge progress: ")]
+    assert any(ln.startswith("viewforge progress: [1/3] ") for ln in captured.out.splitlines())
     assert lines[0].split()[:4] == ["job", "kind", "status", "seconds"]
     rows = {ln.split("  ")[0].strip(): ln for ln in lines[1:-1]}
     assert set(rows) == {"my ball", "broken", "cat"}

@@ -701,3 +701,79 @@ def test_two_photos_are_completed_by_the_generator(registered, tiny_model, tmp_p
         covered = np.prod(np.clip(hi - lo, 0, None)) / np.prod(source_box[1] - source_box[0])
         volume, source_volume = np.prod(box[1] - box[0]), np.prod(source_box[1] - source_box[0])
         assert covered > 0.8 and volume < 30 * source_volume, (box, source_box)
+
+
+# ---------------------------------------------------------------------------------------------
+# Refinement is an improvement step: when it cannot help, the cameras stay and the mesh is built
+# ---------------------------------------------------------------------------------------------
+
+
+def suzanne_scene(bpy, tmp: Path, n: int, size: int, textured: bool = True):
+    """The scene of issue 21, smaller: ``n`` cameras (azimuth step 360 / n, elevations alternating
+    25 / -10 degrees, distance 4) around a subdivided Suzanne (noise texture, or one flat colour),
+    lit by a sun, with their Cycles renders at ``size`` px as camera background images."""
+    from viewforge.bridge.cameras import create_bpy_camera
+    from viewforge.engine.cameras import Camera, look_at
+
+    scene = bpy.context.scene
+    bpy.ops.mesh.primitive_monkey_add(size=1.5)
+    obj = bpy.context.active_object
+    obj.modifiers.new("Subdivision", "SUBSURF").levels = 2
+    bpy.ops.object.modifier_apply(modifier="Subdivision")
+    mat = bpy.data.materials.new("Suzanne")
+    bsdf = next(nd for nd in mat.node_tree.nodes if nd.type == "BSDF_PRINCIPLED")
+    if textured:
+        noise = mat.node_tree.nodes.new("ShaderNodeTexNoise")
+        noise.inputs["Scale"].default_value = 5.0
+        mat.node_tree.links.new(noise.outputs["Color"], bsdf.inputs["Base Color"])
+    else:
+        bsdf.inputs["Base Color"].default_value = (0.6, 0.45, 0.3, 1.0)
+    obj.data.materials.append(mat)
+    bpy.ops.object.light_add(type="SUN", location=(2, -2, 4))
+    scene.render.resolution_x = scene.render.resolution_y = size
+    scene.render.resolution_percentage = 100
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = 4
+    scene.cycles.use_denoising = False
+    scene.render.film_transparent = True
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.image_settings.color_mode = "RGBA"
+    cams = []
+    for i in range(n):
+        a, el = 2 * math.pi * i / n, math.radians(25 if i % 2 == 0 else -10)
+        eye = 4 * np.array([math.cos(a) * math.cos(el), math.sin(a) * math.cos(el), math.sin(el)])
+        f = size / (2 * math.tan(math.radians(40) / 2))
+        cam = create_bpy_camera(Camera(f, f, size / 2, size / 2, size, size, look_at(eye, (0, 0, 0))), scene,
+                                name=f"Cam{i}")
+        scene.camera = cam
+        scene.render.filepath = str(tmp / f"{cam.name}.png")
+        bpy.ops.render.render(write_still=True)
+        cam.data.background_images.new().image = bpy.data.images.load(scene.render.filepath)
+        cams.append(cam)
+    return obj, cams
+
+
+def test_default_reconstruct_keeps_the_cameras_refinement_cannot_use(registered, tmp_path):
+    """Refine Cameras on (the default) with 160 px photos that give SIFT too little to match: the
+    job keeps every camera where it is, says so in its report, and builds the mesh over the object.
+    (Photos with no texture at all take the same path: tests/test_poses_features.py.)"""
+    bpy = registered
+    source, cams = suzanne_scene(bpy, tmp_path / "renders", n=6, size=160)
+    source_box = bbox(world_vertices(source))
+    source.hide_set(True)
+    poses = [np.array(c.matrix_world) for c in cams]
+    s = bpy.context.scene.viewforge
+    assert s.refine_cameras and s.complete == "AUTO"  # the defaults
+    s.quality, s.device = "DRAFT", "CPU"
+    s.resolution, s.iterations, s.faces, s.texture_size = 64, 120, 3000, 256
+    s.output_folder, s.output_name = str(tmp_path / "out"), "suzanne"
+    with one_undo_step(bpy, bpy.ops.viewforge.reconstruct) as new:
+        from viewforge.bridge import jobs
+
+        assert [o.type for o in new] == ["MESH"] and new[0].data.uv_layers
+        assert jobs.LAST.state == "done"
+        assert "cameras kept as placed: pose refinement by features found" in jobs.LAST.message, jobs.LAST.message
+        assert all(np.array_equal(np.array(c.matrix_world), p) for c, p in zip(cams, poses))
+        iou = bbox_iou(bbox(world_vertices(new[0])), source_box)
+        assert iou >= 0.75, iou

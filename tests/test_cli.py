@@ -214,6 +214,30 @@ def test_progress_bar_follows_events(capsys):
     assert cli.ProgressBar().enabled is False  # stderr is not a terminal under pytest
 
 
+def test_progress_lines_when_stdout_is_not_a_terminal(capsys):
+    """Off a terminal (a log): one line as each stage starts, then at most one every 10 s."""
+    from viewforge.engine.progress import ProgressEvent, ProgressLines
+
+    bar = cli.ProgressBar(enabled=False)  # stdout is captured, so not a terminal: lines on
+    assert bar.lines is not None
+    now = [0.0]
+    bar.lines.clock = lambda: now[0]
+    for step in range(100):  # one step every 0.5 s: 50 s of fitting
+        now[0] = step * 0.5
+        bar(ProgressEvent("fit", step / 100, f"step {step}/100", step, 100))
+    bar(ProgressEvent("mesh", 0.0, "surface"))
+    out = capsys.readouterr()
+    assert out.err == ""
+    assert out.out.splitlines() == [
+        "viewforge progress: fit 0% (step 0/100)", "viewforge progress: fit 20% (step 20/100)",
+        "viewforge progress: fit 40% (step 40/100)", "viewforge progress: fit 60% (step 60/100)",
+        "viewforge progress: fit 80% (step 80/100)", "viewforge progress: mesh 0% (surface)"]
+    assert cli.ProgressBar(lines=False).lines is None
+    lines = ProgressLines(stream=None, clock=lambda: 0.0)
+    lines(ProgressEvent("load", 1.0))
+    assert capsys.readouterr().out == "viewforge: load 100%\n"
+
+
 # ---------------------------------------------------------------------------------------------
 # real runs (bpy, Cycles at tiny sizes)
 # ---------------------------------------------------------------------------------------------
@@ -288,6 +312,11 @@ def test_demo_end_to_end(bpy_module, tmp_path):
     assert proc.returncode == 0, proc.stderr
     for word in ("object.glb", "posed/transforms.json", "posed/images/", "reconstruction.glb", str(out), str(folder)):
         assert word in proc.stdout
+    # stdout is a pipe (a log): progress as lines, one as each stage starts (render, fit, mesh, ...)
+    progress = [ln for ln in proc.stdout.splitlines() if ln.startswith("viewforge progress: ")]
+    stages = [ln.split()[2] for ln in progress]
+    assert "render" in stages and "fit" in stages, progress
+    assert len(progress) < 60, progress  # a 10 s throttle per stage, not a line per step
     mesh = read_mesh(folder / "object.glb")
     ref = demo_mesh()
     assert mesh.num_faces == ref.num_faces
@@ -397,7 +426,7 @@ def test_generate_tiny_model_end_to_end(tiny_model, disc_png, tmp_path, capsys):
                      "--seed", "3", "--metrics", str(metrics), "--no-rvc", *GENERATE_FAST])  # fmt: skip
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    line = captured.out.strip()
+    line = "\n".join(ln for ln in captured.out.strip().splitlines() if not ln.startswith("viewforge progress: "))
     match = re.fullmatch(rf"viewforge generate: wrote {re.escape(str(out))} \((\d+) faces, (\d+) generator evaluations, (\d+) s\)", line)
     assert match, line
     m = json.loads(metrics.read_text())

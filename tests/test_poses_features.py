@@ -162,6 +162,43 @@ def test_featureless_photos_raise_camera_error():
     assert "photometric" in str(e.value)
 
 
+def test_fit_keeps_the_cameras_of_featureless_photos_and_says_so():
+    """Refinement is an improvement step: photos with nothing to match (no texture at all) keep
+    their cameras exactly, the fit goes on, and the warning says why (issue 21)."""
+    from viewforge.engine.splat.fit import FitConfig, fit_splats
+
+    cams = _ring(4)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    disc = (((yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2) < (SIZE / 4) ** 2).astype(np.float32)
+    flat = [np.full((SIZE, SIZE, 3), 0.5, np.float32) for _ in cams]
+    for method in ("auto", "features", "features+photometric"):
+        res = fit_splats(PosedSet(cams, flat, [disc] * 4),
+                         FitConfig(iterations=4, init_points=300, sh_degree=0, densify=False, pose_refine=True,
+                                   device="cpu", pose_method=method, pose_features=F.FeatureConfig(max_size=SIZE)))
+        assert [c.world_to_camera.tolist() for c in res.cameras] == [c.world_to_camera.tolist() for c in cams], method
+        assert res.pose_views is None and "poses_align" not in res.seconds
+        assert len(res.warnings) == 1 and res.warnings[0].startswith("cameras kept as placed: pose refinement by "
+                                                                    "features found"), res.warnings
+        assert res.iterations == 4
+
+
+def test_fit_names_the_cameras_the_features_could_not_refine(textured_scene, monkeypatch):
+    """A view with too few matches keeps its input pose; the warning names it."""
+    from viewforge.engine.splat.fit import FitConfig, fit_splats
+
+    cams, images, masks = textured_scene
+    cams, images, masks = list(cams[:6]), list(images[:6]), list(masks[:6])
+    images[5] = np.full_like(images[5], 0.5)  # one photo with nothing to match
+    noisy = perturb_cameras(cams, 2.0, 0.02, seed=3)
+    res = fit_splats(PosedSet(noisy, images, masks, [f"view{i}" for i in range(6)]),
+                     FitConfig(iterations=2, init_points=300, sh_degree=0, densify=False, pose_refine=True,
+                               device="cpu", pose_method="features", pose_features=F.FeatureConfig(max_size=SIZE)))
+    assert np.array_equal(res.cameras[5].world_to_camera, noisy[5].world_to_camera)
+    assert not np.array_equal(res.cameras[0].world_to_camera, noisy[0].world_to_camera)
+    assert any(w.startswith("1 of 6 cameras kept as placed (too few feature matches): view5") for w in res.warnings), \
+        res.warnings
+
+
 def test_cancel(textured_scene):
     cams, images, masks = textured_scene
     token = CancelToken()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 import numpy as np
 
 from ..cameras import Camera
-from ..errors import NumericalError, PosedSetError, ResourceError
+from ..errors import CameraError, NumericalError, PosedSetError, ResourceError
 from ..io.types import PosedSet
 from ..progress import CancelToken, ProgressCallback, check, report
 from .model import Splats, init_splats, random_points, scene_scale, visual_hull_points
@@ -119,7 +119,9 @@ class FitConfig:
 class FitResult:
     """splats: the fitted Gaussians (CPU). cameras: the training cameras (refined if asked).
     seconds: wall time per stage. history: (step, loss) samples. iterations: steps run.
-    pose_views: per-view reliability of the feature pose refinement (None when it did not run)."""
+    pose_views: per-view reliability of the feature pose refinement (None when it did not run).
+    warnings: one line each for the user: cameras the pose refinement could not refine and why
+    (the fit then used them as given)."""
 
     splats: Splats
     cameras: list[Camera]
@@ -127,6 +129,7 @@ class FitResult:
     history: list[tuple[int, float]] = field(default_factory=list)
     iterations: int = 0
     pose_views: "list[ViewReliability] | None" = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def resolve_device(name: str):
@@ -243,10 +246,19 @@ def fit_splats(
         method = "features+photometric" if size >= AUTO_FEATURES_MIN_SIZE else "photometric"
     if cfg.pose_refine:
         log.info("pose refinement: %s", method)
+    warnings: list[str] = []
     if cfg.pose_refine and method.startswith("features"):
-        posed, pose_views = _refine_features(posed, feature_set, cfg, progress, cancel)
+        refined = _refine_features(posed, feature_set, cfg, progress, cancel)
+        if isinstance(refined, str):  # nothing to refine from: every camera as given, no alignment
+            warnings.append(refined)
+            method = "none"
+        else:
+            posed, pose_views, kept = refined
+            warnings += kept
         seconds["poses_features"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+    for w in warnings:
+        log.warning("%s", w)
     # "photometric": joint corrections + alignment rounds during the fit. After the features the
     # joint corrections only let the rig and the model turn together (measured), so
     # "features+photometric" fits the model with the feature cameras and aligns each camera to
@@ -395,11 +407,19 @@ def fit_splats(
             refined = (se3_exp(torch.cat(pose_delta)) @ w2c0).cpu().double().numpy()
         cameras = [c.with_pose(_orthonormal_pose(m)) for c, m in zip(posed.cameras, refined)]
     out = Splats.from_dict({k: v for k, v in params.items()})
-    return FitResult(out, cameras, seconds, history, step, pose_views)
+    return FitResult(out, cameras, seconds, history, step, pose_views, warnings)
+
+
+#: How the feature pose stage's failures read in a job's report (after "cameras kept as placed: ").
+FEATURES_FIX = "photos with more texture and overlap, at 400 px or more, let it refine them"
 
 
 def _refine_features(posed: PosedSet, feature_set: PosedSet | None, cfg: FitConfig, progress, cancel):
-    """The feature pose stage: refined cameras (at ``posed``'s sizes) and per-view reliability."""
+    """The feature pose stage: (the set at the refined cameras at ``posed``'s sizes, per-view
+    reliability, one warning per kind of camera left unrefined), or one warning (a string) when
+    the photos give too little to refine from (the stage's :class:`CameraError`, or an adjustment
+    that does not make the photos agree better than the input cameras do): then every camera
+    stays as given and the fit goes on with them."""
     from ..poses.features import FeatureConfig, refine_poses_features
 
     src = posed if feature_set is None else feature_set
@@ -408,12 +428,28 @@ def _refine_features(posed: PosedSet, feature_set: PosedSet | None, cfg: FitConf
             f"feature_set has {len(src)} views but the training set has {len(posed)}",
             "pass the same views at a higher resolution",
         )
-    res = refine_poses_features(src, cfg.pose_features or FeatureConfig(), progress=progress, cancel=cancel)
+    fcfg = cfg.pose_features or FeatureConfig()
+    try:
+        res = refine_poses_features(src, fcfg, progress=progress, cancel=cancel)
+    except CameraError as e:
+        return f"cameras kept as placed: {e.message} ({FEATURES_FIX})"
+    if not res.rms_after < res.rms_input:
+        return (f"cameras kept as placed: the feature matches agree no better at refined cameras "
+                f"({res.rms_input:.2f} -> {res.rms_after:.2f} px)")
     cams = [c.with_pose(r.world_to_camera) for c, r in zip(posed.cameras, res.cameras)]
     n_ok = sum(v.reliable for v in res.views)
     log.info("feature pose refinement: %d/%d views reliable, rms %.2f -> %.2f px", n_ok, len(res.views),
              res.rms_before, res.rms_after)
-    return PosedSet(cams, posed.images, posed.masks, posed.names, posed.meta), res.views
+    names = [posed.names[i] if posed.names else c.name or str(i) for i, c in enumerate(posed.cameras)]
+    few = [n for n, v in zip(names, res.views) if v.observations < fcfg.min_view_observations]
+    loose = [n for n, v in zip(names, res.views) if v.observations >= fcfg.min_view_observations and not v.reliable]
+    kept = []
+    if few:
+        kept.append(f"{len(few)} of {len(names)} cameras kept as placed (too few feature matches): {', '.join(few)}")
+    if loose:
+        kept.append(f"{len(loose)} of {len(names)} cameras refined from loose matches "
+                    f"(reprojection error above {fcfg.outlier_px / 2:g} px): {', '.join(loose)}")
+    return PosedSet(cams, posed.images, posed.masks, posed.names, posed.meta), res.views, kept
 
 
 def _align_round(params, posed, w2c0, pose_delta, cfg, device, progress, cancel):
