@@ -347,7 +347,7 @@ def reconstruct_posed(
         "iterations": result.iterations,
         "resolution": config.resolution,
         **({"completion_skipped": skipped} if skipped else {}),
-        "warnings": list(result.warnings),
+        "warnings": _fit_warnings(config, len(train), result.warnings),
         "pose_views": None if result.pose_views is None else [
             {"name": v.name, "score": round(v.score, 3), "reliable": v.reliable, "rms_px": round(v.rms_px, 3)}
             for v in result.pose_views
@@ -360,6 +360,17 @@ def reconstruct_posed(
     _write_outputs(out, want_mesh, mesh, result.splats, spath, mpath, metrics, cancel)
     return ReconResult(out, metrics, [posed.names[i] for i in train_ids], [posed.names[i] for i in held_ids],
                        splats=result.splats, mesh=mesh, cameras=result.cameras)
+
+
+def _fit_warnings(config: ReconConfig, photos: int, fit_warnings: list[str]) -> list[str]:
+    """The user-facing warnings of a plain fit: the pose stage's, and the two-photo limit of
+    pose refinement (the same as completion's)."""
+    from .complete import TWO_PHOTOS_WARNING
+
+    two = [TWO_PHOTOS_WARNING] if config.pose_refine and photos == 2 and not fit_warnings else []
+    for w in two:
+        log.warning("%s", w)
+    return two + list(fit_warnings)
 
 
 def _write_outputs(out: Path, want_mesh: bool, mesh, splats, spath: Path | None, mpath: Path | None,
