@@ -107,6 +107,7 @@ def test_refine_poses_uses_full_size_photos_and_reports_reliability(tmp_path):
 def test_two_photos_with_pose_refinement_warn_in_the_metrics_and_summary(tmp_path):
     """Two photos, completion off, --refine-poses: the job succeeds and warns that two photos
     cannot pin their vergence (as completion does); a plain fit without refinement does not."""
+    from viewforge.engine.complete import TWO_PHOTOS_WARNING
     from viewforge.engine.io.types import PosedSet
     from viewforge.engine.jobs import JobSpec, run_job
 
@@ -117,8 +118,7 @@ def test_two_photos_with_pose_refinement_warn_in_the_metrics_and_summary(tmp_pat
     root = write_posed_set(PosedSet(cams, [r[0] for r in renders], [r[1] for r in renders]), tmp_path / "two")
     fast = {"resolution": 48, "iterations": 3, "device": "cpu", "complete": "off"}
     res = run_job(JobSpec("reconstruct", str(root), str(tmp_path / "two.ply"), {**fast, "pose_refine": True}))
-    assert len(res.metrics["warnings"]) == 1
-    assert res.metrics["warnings"][0] in res.summary and "two photos" in res.summary or \
-        res.metrics["warnings"][0].startswith("cameras kept as placed")
+    assert res.metrics["warnings"] == [TWO_PHOTOS_WARNING]
+    assert res.summary.endswith(f"; {TWO_PHOTOS_WARNING}")
     res = run_job(JobSpec("reconstruct", str(root), str(tmp_path / "plain.ply"), fast))
     assert res.metrics["warnings"] == [] and "; " not in res.summary
