@@ -754,7 +754,7 @@ def suzanne_scene(bpy, tmp: Path, n: int, size: int, textured: bool = True):
     return obj, cams
 
 
-def test_default_reconstruct_keeps_the_cameras_refinement_cannot_use(registered, tmp_path):
+def test_default_reconstruct_keeps_the_cameras_refinement_cannot_use(registered, tmp_path, capsys):
     """Refine Cameras on (the default) with 160 px photos that give SIFT too little to match: the
     job keeps every camera where it is, says so in its report, and builds the mesh over the object.
     (Photos with no texture at all take the same path: tests/test_poses_features.py.)"""
@@ -777,3 +777,7 @@ def test_default_reconstruct_keeps_the_cameras_refinement_cannot_use(registered,
         assert all(np.array_equal(np.array(c.matrix_world), p) for c, p in zip(cams, poses))
         iou = bbox_iou(bbox(world_vertices(new[0])), source_box)
         assert iou >= 0.75, iou
+    # background mode (blender -b): the job's progress is in the log as lines, one per stage at least
+    stages = {ln.split(": ")[2].split()[0] for ln in capsys.readouterr().out.splitlines()
+              if ln.startswith("viewforge progress: reconstruct: ")}
+    assert {"fit", "poses"} <= stages, stages
