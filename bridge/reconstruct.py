@@ -540,6 +540,8 @@ def start_reconstruct(scene, req: ReconstructRequest, view_layer=None, env: dict
             return (f"Reconstructed '{obj.name}' from {len(sfm.get('registered', []))} of {len(prepared.camera_names)} "
                     f"photos, cameras estimated and added to the scene ({result.summary})")
         cams = camera_report(result.metrics.get("cameras") or [], prepared.update_cameras)
+        if cams.startswith("cameras kept") and "cameras kept as placed: " in result.summary:
+            cams = ""  # the summary already says why
         return f"Reconstructed '{obj.name}' from {len(prepared.camera_names)} cameras ({result.summary})" + (
             f"; {cams}" if cams else "") + "".join(f"; {w}" for w in prepared.camera_warnings)
 

@@ -774,6 +774,7 @@ def test_default_reconstruct_keeps_the_cameras_refinement_cannot_use(registered,
         assert [o.type for o in new] == ["MESH"] and new[0].data.uv_layers
         assert jobs.LAST.state == "done"
         assert "cameras kept as placed: pose refinement by features found" in jobs.LAST.message, jobs.LAST.message
+        assert "cameras kept as they were" not in jobs.LAST.message  # said once
         assert all(np.array_equal(np.array(c.matrix_world), p) for c, p in zip(cams, poses))
         iou = bbox_iou(bbox(world_vertices(new[0])), source_box)
         assert iou >= 0.75, iou
