@@ -111,22 +111,30 @@ def procedural_object(bpy):
     return obj
 
 
+def cycles_photos(scene, size: int, samples: int) -> None:
+    """Render settings of the tests' photos: Cycles on the CPU, ``size`` px square, no denoising,
+    a transparent film, RGBA PNG files."""
+    scene.render.resolution_x = scene.render.resolution_y = size
+    scene.render.resolution_percentage = 100
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = samples
+    scene.cycles.use_denoising = False
+    scene.render.film_transparent = True
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.image_settings.color_mode = "RGBA"
+
+
 def render_scene_photos(bpy, tmp: Path, n: int = 8):
     """Cameras around a procedural object, each with its Cycles render (RGBA) as its photo."""
     scene = bpy.context.scene
     obj = procedural_object(bpy)
     cams = add_cameras(bpy, n)
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = 4
-    scene.cycles.use_denoising = False
-    scene.render.film_transparent = True
+    cycles_photos(scene, RENDER_SIZE, samples=4)
     scene.view_settings.view_transform = "Standard"
     if scene.world is None:
         scene.world = bpy.data.worlds.new("World")
     scene.world.color = (1.0, 1.0, 1.0)
-    scene.render.image_settings.file_format = "PNG"
-    scene.render.image_settings.color_mode = "RGBA"
     for cam in cams:
         scene.camera = cam
         scene.render.filepath = str(tmp / f"{cam.name}.png")
@@ -730,15 +738,7 @@ def suzanne_scene(bpy, tmp: Path, n: int, size: int, textured: bool = True):
         bsdf.inputs["Base Color"].default_value = (0.6, 0.45, 0.3, 1.0)
     obj.data.materials.append(mat)
     bpy.ops.object.light_add(type="SUN", location=(2, -2, 4))
-    scene.render.resolution_x = scene.render.resolution_y = size
-    scene.render.resolution_percentage = 100
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = 4
-    scene.cycles.use_denoising = False
-    scene.render.film_transparent = True
-    scene.render.image_settings.file_format = "PNG"
-    scene.render.image_settings.color_mode = "RGBA"
+    cycles_photos(scene, size, samples=4)
     cams = []
     for i in range(n):
         a, el = 2 * math.pi * i / n, math.radians(25 if i % 2 == 0 else -10)

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import pytest
-from test_blender_jobs import _engine_camera, _mesh_stage_available, registered, scene_state  # noqa: F401
+from test_blender_jobs import _engine_camera, cycles_photos, _mesh_stage_available, registered, scene_state  # noqa: F401
 
 pytestmark = pytest.mark.blender
 
@@ -43,18 +43,10 @@ def _photographed_cameras(bpy, tmp):
 
     scene = bpy.context.scene
     obj = _noise_object(bpy)
-    scene.render.resolution_x = scene.render.resolution_y = SIZE
-    scene.render.resolution_percentage = 100
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = 8
-    scene.cycles.use_denoising = False
-    scene.render.film_transparent = True
+    cycles_photos(scene, SIZE, samples=8)
     scene.view_settings.view_transform = "Standard"
     scene.world = scene.world or bpy.data.worlds.new("World")
     scene.world.color = (1.0, 1.0, 1.0)
-    scene.render.image_settings.file_format = "PNG"
-    scene.render.image_settings.color_mode = "RGBA"
     cams = []
     for i in range(3):
         cam = create_bpy_camera(_engine_camera(i, 9, SIZE, elevation=0.3, dist=3.2), scene, name=f"Cam{i}")
