@@ -366,8 +366,10 @@ def triangulate(
     cameras: Sequence[Camera], tracks: Tracks, min_angle_deg: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Linear (DLT) triangulation of every track with ``cameras``: (P, 3) points and a (P,) mask
-    of the well-conditioned ones: in front of all their cameras (depth above 1 % of the point's
-    distance from the camera) and seen under rays spanning ``min_angle_deg`` or more."""
+    of the well-conditioned ones: seen in two views or more, in front of all their cameras (depth
+    above 1 % of the point's distance from the camera) and seen under rays spanning
+    ``min_angle_deg`` or more. A point seen once has no depth: its DLT solution is an arbitrary
+    vector of a 2-D null space (it differs between BLAS builds), so it is never well-conditioned."""
     P = np.stack([c.K @ c.world_to_camera[:3] for c in cameras])  # (C, 3, 4)
     rows_u = tracks.xy[:, :1] * P[tracks.view, 2] - P[tracks.view, 0]  # (M, 4)
     rows_v = tracks.xy[:, 1:] * P[tracks.view, 2] - P[tracks.view, 1]
@@ -394,7 +396,8 @@ def triangulate(
     mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
     spread = np.zeros(tracks.num_points)
     np.maximum.at(spread, tracks.point, np.degrees(np.arccos(np.clip((rays * mean[tracks.point]).sum(1), -1, 1))))
-    return pts, front & ok & (2.0 * spread >= min_angle_deg)
+    seen = np.bincount(tracks.point, minlength=tracks.num_points) >= 2
+    return pts, seen & front & ok & (2.0 * spread >= min_angle_deg)
 
 
 # -- bundle adjustment ------------------------------------------------------------------------
