@@ -10,9 +10,13 @@
    versions must equal the pins in ``constraints.txt`` and they must be platform-independent
    (``py3-none-any``); otherwise the script stops and says which line to change. Nobody
    downloads or edits wheels by hand.
-2. ``bridge/engine-requirements.txt`` and ``bridge/engine-constraints.txt`` are refreshed from
-   ``requirements.txt`` and ``constraints.txt``: the dependency installer in the add-on
-   preferences installs exactly these pins (the root files themselves stay out of the zip).
+2. ``bridge/engine-requirements.txt`` and ``bridge/engine-constraints.txt`` are generated from
+   ``requirements.txt`` and ``constraints.txt`` without the distributions Blender ships
+   (``BLENDER_SHIPPED``: numpy and the requests stack, pinned at install time to the versions the
+   running Blender has) and bpy: the dependency installer in the add-on preferences resolves
+   these pins (the root files themselves stay out of the zip). A pin that must differ between
+   Python versions is written in constraints.txt with an environment marker
+   (``name==1.2 ; python_version >= "3.13"``) and is copied as it is.
 3. Blender's own extension tool, ``blender_ext.py`` shipped inside the ``bpy`` wheel
    (``site-packages/bpy/<ver>/scripts/addons_core/bl_pkg/cli/``), builds the zip from the
    repository root (the root *is* the extension; ``[build] paths_exclude_pattern`` in the
@@ -39,7 +43,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "blender_manifest.toml"
 CONSTRAINTS = REPO / "constraints.txt"
-#: (source, copy shipped in the extension) of the engine dependency pins.
+#: Distributions every supported Blender ships in its own Python (its site-packages; the bpy
+#: wheel declares the same list): never pinned by the extension and never installed by it.
+BLENDER_SHIPPED = frozenset({"numpy", "requests", "certifi", "charset-normalizer", "idna", "urllib3", "cython", "zstandard"})
+#: Left out of the engine pins as well: Blender itself as a module (tests only).
+ENGINE_EXCLUDED = BLENDER_SHIPPED | {"bpy"}
+#: (source, file generated in the extension) of the engine dependency pins.
 ENGINE_PINS = (
     (REPO / "requirements.txt", REPO / "bridge" / "engine-requirements.txt"),
     (REPO / "constraints.txt", REPO / "bridge" / "engine-constraints.txt"),
@@ -139,12 +148,30 @@ def ensure_wheels(wheels_dir: Path | None = None, download: bool = True, python:
     return paths
 
 
+_GENERATED = (
+    "# Generated from {src} by scripts/build_extension.py --sync-pins; do not edit.\n"
+    "# Left out (Blender itself and what it ships; the installer pins those to the running Blender's versions): {left}.\n"
+)
+
+
+def engine_pins_text(src: Path) -> str:
+    """The extension's copy of ``src`` (requirements.txt or constraints.txt): every line except
+    the pins of ``ENGINE_EXCLUDED`` distributions, under a header naming the source."""
+    kept, left = [], []
+    for line in src.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line.split("#", 1)[0])
+        if m and _canonical(m.group(1)) in ENGINE_EXCLUDED:
+            left.append(_canonical(m.group(1)))
+            continue
+        kept.append(line)
+    return _GENERATED.format(src=src.name, left=", ".join(sorted(set(left))) or "none") + "\n".join(kept) + "\n"
+
+
 def sync_engine_pins() -> list[Path]:
-    """Copy requirements.txt / constraints.txt to the extension's copies where they differ;
-    returns the copies that were rewritten."""
+    """Regenerate the extension's engine pins where they differ; returns the files rewritten."""
     changed = []
     for src, dst in ENGINE_PINS:
-        text = src.read_text(encoding="utf-8")
+        text = engine_pins_text(src)
         if not dst.is_file() or dst.read_text(encoding="utf-8") != text:
             dst.write_text(text, encoding="utf-8")
             changed.append(dst)
@@ -203,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=None, help="where the zip goes (default: dist/)")
     parser.add_argument("--no-download", action="store_true", help="fail instead of downloading missing wheels")
     parser.add_argument("--sync-pins", action="store_true",
-                        help="only refresh bridge/engine-requirements.txt and bridge/engine-constraints.txt, then exit")
+                        help="only regenerate bridge/engine-requirements.txt and bridge/engine-constraints.txt, then exit")
     args = parser.parse_args(argv)
     if args.sync_pins:
         for path in sync_engine_pins():
