@@ -1,9 +1,12 @@
-"""Engine dependencies (bridge/deps.py): detection, the per-platform requirement list, the pip
-command, and the install operator against a local wheel folder (``--no-index --find-links``, no
-network) with a tiny wheel built here."""
+"""Engine dependencies (bridge/deps.py): detection, the per-platform requirement list, the two
+pip steps (resolve against Blender's own packages, then install without them), and the install
+operator against a local wheel folder (``--no-index --find-links``, no network) with tiny wheels
+built here. A Blender with another numpy is faked with a fake list of Blender's packages and fake
+pip reports (Python 3.13 cannot be run here)."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -14,25 +17,35 @@ from viewforge.bridge import deps
 from viewforge.engine.errors import Cancelled, DependencyError, InputError
 
 
-@pytest.fixture(scope="module")
-def wheel_folder(tmp_path_factory) -> Path:
-    """A folder holding vftinypkg-0.1-py3-none-any.whl (a one-line pure-Python package)."""
-    pytest.importorskip("setuptools")
-    root = tmp_path_factory.mktemp("wheels")
-    proj = root / "proj"
-    (proj / "vftinypkg").mkdir(parents=True)
+def _wheel(root: Path, out: Path, name: str, version: str, deps: list[str] | None = None) -> None:
+    proj = root / f"{name}-{version}"
+    (proj / name).mkdir(parents=True)
+    requires = "dependencies = [" + ", ".join(f'"{d}"' for d in deps or []) + "]\n"
     (proj / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
-        '[project]\nname = "vftinypkg"\nversion = "0.1"\n'
+        f'[project]\nname = "{name}"\nversion = "{version}"\n' + requires
     )
-    (proj / "vftinypkg" / "__init__.py").write_text("VALUE = 42\n")
-    out = root / "wheels"
+    (proj / name / "__init__.py").write_text(f"VALUE = 42\nVERSION = '{version}'\n")
     res = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out), str(proj)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
-    assert [p.name for p in out.iterdir()] == ["vftinypkg-0.1-py3-none-any.whl"]
+
+
+@pytest.fixture(scope="module")
+def wheel_folder(tmp_path_factory) -> Path:
+    """A folder of one-line pure-Python wheels: vftinypkg 0.1; vfdep 1.0 (needs vftinypkg);
+    vfneedsnp 1.0 (needs numpy>=99, another numpy than any Blender's)."""
+    pytest.importorskip("setuptools")
+    root = tmp_path_factory.mktemp("wheels")
+    out = root / "wheels"
+    _wheel(root, out, "vftinypkg", "0.1")
+    _wheel(root, out, "vfdep", "1.0", ["vftinypkg>=0.1"])
+    _wheel(root, out, "vfneedsnp", "1.0", ["numpy>=99"])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "vfdep-1.0-py3-none-any.whl", "vfneedsnp-1.0-py3-none-any.whl", "vftinypkg-0.1-py3-none-any.whl",
+    ]  # fmt: skip
     return out
 
 
@@ -52,12 +65,102 @@ def test_engine_requirements_per_platform(tmp_path):
     assert "gsplat" in real and "pillow" in real and "numpy" not in real and "trimesh" not in real
 
 
-def test_shipped_pins_equal_the_repository_pins():
-    """The installer's copies equal requirements.txt / constraints.txt (after changing a pin run
-    ``.venv/bin/python scripts/build_extension.py --sync-pins``)."""
+def _build_extension():
+    spec = importlib.util.spec_from_file_location("build_extension", deps.ROOT / "scripts" / "build_extension.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_pins_are_generated_from_the_repository_pins():
+    """The installer's pins are requirements.txt / constraints.txt without what Blender ships
+    (after changing a pin run ``.venv/bin/python scripts/build_extension.py --sync-pins``)."""
+    build = _build_extension()
     root = deps.ROOT
-    assert deps.ENGINE_REQUIREMENTS.read_text() == (root / "requirements.txt").read_text()
-    assert deps.ENGINE_CONSTRAINTS.read_text() == (root / "constraints.txt").read_text()
+    assert deps.ENGINE_REQUIREMENTS.read_text() == build.engine_pins_text(root / "requirements.txt")
+    assert deps.ENGINE_CONSTRAINTS.read_text() == build.engine_pins_text(root / "constraints.txt")
+    shipped = build.read_constraints(deps.ENGINE_CONSTRAINTS)
+    repo = build.read_constraints(root / "constraints.txt")
+    assert "numpy" in repo and "bpy" in repo and "requests" in repo
+    assert not set(shipped) & build.ENGINE_EXCLUDED
+    assert shipped == {k: v for k, v in repo.items() if k not in build.ENGINE_EXCLUDED}
+    assert shipped["torch"] == "2.13.0"
+    # what the bpy wheel declares Blender ships is all left out
+    import importlib.metadata
+
+    try:
+        declared = importlib.metadata.requires("bpy") or []
+    except importlib.metadata.PackageNotFoundError:
+        declared = []
+    for req in declared:
+        name = deps._PIN.match(req).group(1)
+        assert deps._canonical(name) in build.BLENDER_SHIPPED, req
+
+
+def test_engine_pins_text_leaves_out_blender_packages_and_keeps_markers(tmp_path):
+    src = tmp_path / "constraints.txt"
+    src.write_text("# head\nNumPy==1.26.4\ntorch==2.13.0\nscipy==1.16.3 ; python_version >= \"3.13\"\nrequests==2.34.2\nbpy==5.0.1\n")
+    text = _build_extension().engine_pins_text(src)
+    lines = text.splitlines()
+    assert lines[0].startswith("# Generated from constraints.txt") and "bpy, numpy, requests" in lines[1]
+    assert lines[2:] == ["# head", "torch==2.13.0", 'scipy==1.16.3 ; python_version >= "3.13"']
+
+
+#: Blender 5.1's packages as the installer reads them (Python 3.13, numpy 2.x): a fake.
+BLENDER_51 = {"numpy": "2.3.5", "requests": "2.32.3", "certifi": "2025.1.31", "cython": "3.0.11", "pip": "25.0.1"}
+
+
+def _report(*items: tuple[str, str, list[str]]) -> dict:
+    return {"version": "1", "install": [{"metadata": {"name": n, "version": v, "requires_dist": r}} for n, v, r in items]}
+
+
+def test_resolve_inputs_pin_blender_packages_and_drop_them_from_the_requirements(tmp_path):
+    cons = tmp_path / "c.txt"
+    cons.write_text("# x\nnumpy==1.26.4\ntorch==2.13.0\nscipy==1.15.0 ; python_version < \"3.13\"\nCython==3.3.1\n")
+    lines = deps.resolve_constraints(BLENDER_51, cons)
+    assert lines[:5] == ["certifi==2025.1.31", "cython==3.0.11", "numpy==2.3.5", "pip==25.0.1", "requests==2.32.3"]
+    assert lines[5:] == ["torch==2.13.0", 'scipy==1.15.0 ; python_version < "3.13"']  # ours of numpy/Cython dropped
+    reqs = deps.without_blender(["torch==2.13.0", "numpy==1.26.4", "Requests", "scipy>=1"], BLENDER_51)
+    assert reqs == ["torch==2.13.0", "scipy>=1"]
+
+
+def test_install_list_never_holds_blender_packages():
+    report = _report(
+        ("torch", "2.13.0", ["numpy", "filelock"]), ("numpy", "2.3.5", []), ("filelock", "4.2.11", []),
+        ("Requests", "2.32.3", []), ("opencv-python-headless", "4.11.0.86", ['numpy>=2; python_version >= "3.9"']),
+    )  # fmt: skip
+    assert deps.install_list(report, BLENDER_51) == ["torch==2.13.0", "filelock==4.2.11", "opencv-python-headless==4.11.0.86"]
+    assert deps.install_list({"install": []}, BLENDER_51) == []
+
+
+def test_install_list_refuses_to_replace_blender_numpy_naming_who_needs_it():
+    # Blender 4.5 (numpy 1.26.4) and a resolved package that would pull numpy 2
+    blender = {"numpy": "1.26.4"}
+    report = _report(("scipy", "1.17.0", ["numpy>=2.0,<2.6"]), ("numpy", "2.3.5", []), ("tqdm", "4.70.1", []))
+    with pytest.raises(DependencyError) as e:
+        deps.install_list(report, blender)
+    text = str(e.value)
+    assert text.count("\n") == 0 and "Fix:" in text
+    assert "scipy 1.17.0 needs numpy>=2.0,<2.6, but Blender's Python has numpy 1.26.4" in text
+
+
+def test_resolve_error_names_the_package_and_blender_version():
+    blender = {"numpy": "2.3.5"}
+    log = [
+        "Collecting vfneedsnp==1.0",
+        "ERROR: Cannot install vfneedsnp==1.0 because these package versions have conflicting dependencies.",
+        "",
+        "The conflict is caused by:",
+        "    The user requested (constraint) numpy==2.3.5",
+        "    vfneedsnp 1.0 depends on numpy<2",
+    ]
+    err = deps.resolve_error(log, blender, 1)
+    assert isinstance(err, DependencyError) and "\n" not in str(err)
+    assert str(err).startswith("vfneedsnp 1.0 needs numpy<2, but Blender's Python has numpy 2.3.5")
+    nowheel = deps.resolve_error(["ERROR: No matching distribution found for pycolmap==4.2.1"], blender, 1)
+    assert "no wheel of pycolmap==4.2.1 for Blender's Python" in str(nowheel) and "Fix:" in str(nowheel)
+    other = deps.resolve_error(["something", "ERROR: boom"], blender, 1)
+    assert "resolving the engine dependencies failed: ERROR: boom" in str(other)
 
 
 def test_install_command_and_network_gate(tmp_path, wheel_folder):
@@ -66,6 +169,10 @@ def test_install_command_and_network_gate(tmp_path, wheel_folder):
     assert cmd[:4] == ["py", "-m", "pip", "install"]
     assert cmd[cmd.index("--target") + 1] == str(tmp_path / "t")
     assert cmd[cmd.index("--find-links") + 1] == str(wheel_folder) and "--no-index" in cmd
+    assert "--no-deps" in cmd and "--only-binary=:all:" in cmd  # step 2 installs exactly the resolved list
+    res = deps.resolve_command(opts, tmp_path / "r.txt", tmp_path / "c.txt", tmp_path / "rep.json", python="py")
+    assert "--dry-run" in res and "--target" not in res and "--no-deps" not in res and "--only-binary=:all:" in res
+    assert res[res.index("--report") + 1] == str(tmp_path / "rep.json") and res[res.index("-c") + 1] == str(tmp_path / "c.txt")
     deps.check_install_allowed(opts, online=False)  # a local folder needs no network
     online = deps.InstallOptions(target=tmp_path / "t", requirements=("a==1",), extra_index_url="https://example.invalid/simple")
     cmd = deps.install_command(online, tmp_path / "r.txt", python="py")
@@ -88,9 +195,41 @@ def test_pip_install_from_a_local_folder_reports_progress(tmp_path, wheel_folder
         deps.remove_from_path(str(target))
     assert job.state == "done", job.log[-5:]
     assert job.result == ["vftinypkg-0.1"] and job.fraction == 1.0
-    assert (target / "vftinypkg" / "__init__.py").read_text() == "VALUE = 42\n"
+    assert (target / "vftinypkg" / "__init__.py").read_text() == "VALUE = 42\nVERSION = '0.1'\n"
     assert any(line.startswith("Processing ") for line in job.log)
     assert all(0.0 <= f <= 1.0 for _, f in seen)
+    assert [s for s, _ in seen][0] == "resolve" and len(job.commands) == 2 and "--dry-run" in job.commands[0]
+
+
+def test_pip_install_never_installs_a_blender_package(tmp_path, wheel_folder):
+    """vfdep needs vftinypkg; with a (fake) Blender that ships vftinypkg 0.1 only vfdep is installed."""
+    target = tmp_path / "site"
+    blender = {**deps.blender_distributions(), "vftinypkg": "0.1"}
+    job = deps.PipInstall(deps.InstallOptions(target=target, requirements=("vfdep==1.0",), find_links=wheel_folder), blender=blender)
+    try:
+        assert job.wait(timeout=120)
+    finally:
+        deps.remove_from_path(str(target))
+    assert job.state == "done", job.log[-5:]
+    assert job.resolved == ["vfdep==1.0"] and job.result == ["vfdep-1.0"]
+    assert (target / "vfdep").is_dir() and not (target / "vftinypkg").exists()
+    assert not list(target.glob("numpy*"))
+
+
+def test_pip_install_refuses_a_package_that_needs_another_numpy(tmp_path, wheel_folder):
+    """Blender's numpy (here this Python's, read live) wins: a package needing numpy>=99 fails in
+    the resolve step with one line naming it, and nothing is installed."""
+    import numpy
+
+    target = tmp_path / "site"
+    job = deps.PipInstall(deps.InstallOptions(target=target, requirements=("vfneedsnp==1.0",), find_links=wheel_folder))
+    assert job.blender["numpy"] == numpy.__version__
+    assert job.wait(timeout=120)
+    assert job.state == "failed" and isinstance(job.error, DependencyError) and len(job.commands) == 1
+    text = str(job.error)
+    assert "\n" not in text and "Fix:" in text
+    assert text.startswith(f"vfneedsnp 1.0 needs numpy>=99, but Blender's Python has numpy {numpy.__version__}"), text
+    assert list(target.iterdir()) == []
 
 
 def test_pip_install_failure_and_cancel(tmp_path, wheel_folder):
