@@ -175,6 +175,12 @@ def online_access() -> bool:
         return False
 
 
+def blender_summary(blender: dict[str, str]) -> str:
+    """E.g. "Python 3.13, numpy 2.3.5": what the running Blender's Python is and the numpy it ships."""
+    py = f"Python {sys.version_info.major}.{sys.version_info.minor}"
+    return f"{py}, numpy {blender['numpy']}" if "numpy" in blender else f"{py}, no numpy"
+
+
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -380,6 +386,14 @@ def resolve_error(log: list[str], blender: dict[str, str], code: int) -> Depende
                 _UPDATE_FIX,
             )
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    text = "\n".join(log)
+    if "No module named pip" in text:
+        return DependencyError(f"Blender's Python {py} has no pip", f"run '{sys.executable} -m ensurepip' once, then retry")
+    if "no such option: --report" in text or "no such option: --dry-run" in text:
+        return DependencyError(
+            f"the pip in Blender's Python {py} is too old to resolve dependencies (pip 22.2 or newer is needed)",
+            f"run '{sys.executable} -m pip install --upgrade pip', then retry",
+        )
     for line in log:
         m = _NO_MATCH.search(line)
         if m:
@@ -588,6 +602,7 @@ __all__ = [
     "REQUIRED",
     "add_to_path",
     "blender_distributions",
+    "blender_summary",
     "blender_site_dirs",
     "check",
     "check_install_allowed",

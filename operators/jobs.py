@@ -235,7 +235,8 @@ class VIEWFORGE_OT_install_dependencies(_JobOperator, bpy.types.Operator):
         handle = deps.PipInstall(opts)
 
         def on_success(installed) -> str:
-            return f"Installed {len(installed)} package(s) for {platform} into {target}"
+            kept = deps.blender_summary(handle.blender)
+            return f"Installed {len(installed)} package(s) for {platform} into {target} (Blender's {kept} kept)"
 
         jobs.start(handle, "install dependencies", on_success, timer=not bpy.app.background)
         return []

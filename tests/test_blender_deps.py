@@ -159,6 +159,10 @@ def test_resolve_error_names_the_package_and_blender_version():
     assert str(err).startswith("vfneedsnp 1.0 needs numpy<2, but Blender's Python has numpy 2.3.5")
     nowheel = deps.resolve_error(["ERROR: No matching distribution found for pycolmap==4.2.1"], blender, 1)
     assert "no wheel of pycolmap==4.2.1 for Blender's Python" in str(nowheel) and "Fix:" in str(nowheel)
+    old = deps.resolve_error(["Usage: ...", "no such option: --report"], blender, 2)
+    assert "too old" in str(old) and "--upgrade pip" in str(old)
+    assert "ensurepip" in str(deps.resolve_error(["/x/python: No module named pip"], blender, 1))
+    assert deps.blender_summary(blender) == f"Python {sys.version_info.major}.{sys.version_info.minor}, numpy 2.3.5"
     other = deps.resolve_error(["something", "ERROR: boom"], blender, 1)
     assert "resolving the engine dependencies failed: ERROR: boom" in str(other)
 
@@ -261,6 +265,9 @@ def test_install_operator_offline_refuses_then_installs_from_wheels(blender, tmp
         result = bpy.ops.viewforge.install_dependencies(requirements=str(req), target=str(target), find_links=str(wheel_folder))
         assert result == {"FINISHED"}
         assert jobs.LAST.state == "done" and "Installed 1 package(s)" in jobs.LAST.message
+        import numpy
+
+        assert f"(Blender's Python {sys.version_info.major}.{sys.version_info.minor}, numpy {numpy.__version__} kept)" in jobs.LAST.message
         assert (target / "vftinypkg" / "__init__.py").is_file()
         assert str(target) in sys.path  # usable at once
         import importlib
