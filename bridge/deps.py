@@ -175,6 +175,32 @@ def online_access() -> bool:
         return False
 
 
+_DISTRIBUTIONS_SCRIPT = """
+import importlib.metadata, json, os, re, sys
+prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)}
+dirs = [os.path.realpath(e) for e in sys.path if e and os.path.isdir(e)]
+dirs = [d for d in dirs if any(d == p or d.startswith(p + os.sep) for p in prefixes)]
+out = {}
+for d in importlib.metadata.distributions(path=dirs):
+    name = d.metadata["Name"] if d.metadata else None
+    if name:
+        out.setdefault(re.sub(r"[-_.]+", "-", name).lower(), d.version)
+print(json.dumps(out))
+"""
+
+
+def distributions_of(python: str) -> dict[str, str]:
+    """:func:`blender_distributions` of another Python interpreter (run there, no user site)."""
+    env = dict(os.environ, PYTHONNOUSERSITE="1")
+    env.pop("PYTHONPATH", None)
+    try:
+        proc = subprocess.run([python, "-c", _DISTRIBUTIONS_SCRIPT], capture_output=True, text=True, timeout=60, env=env)
+        return json.loads(proc.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        raise DependencyError(f"cannot list the packages of the Python {python} ({e})",
+                              "choose a working Python interpreter, or leave it empty to use Blender's") from e  # fmt: skip
+
+
 def blender_summary(blender: dict[str, str]) -> str:
     """E.g. "Python 3.13, numpy 2.3.5": what the running Blender's Python is and the numpy it ships."""
     py = f"Python {sys.version_info.major}.{sys.version_info.minor}"
@@ -434,7 +460,8 @@ def check_install_allowed(opts: InstallOptions, online: bool | None = None) -> N
 
 class PipInstall:
     """The two-step install (module docstring) in subprocesses, polled like a job worker.
-    ``blender`` -- Blender's distributions (default: :func:`blender_distributions`, read live).
+    ``blender`` -- Blender's distributions (default: read live, :func:`blender_distributions`;
+    :func:`distributions_of` ``python`` when that is another interpreter).
     ``result`` is the list of installed distributions ("name-version") when it succeeds."""
 
     kind = "install"
@@ -446,7 +473,10 @@ class PipInstall:
         opts.target.mkdir(parents=True, exist_ok=True)
         self.opts = opts
         self.python = python
-        self.blender = blender_distributions() if blender is None else dict(blender)
+        if blender is None:
+            same = os.path.realpath(python) == os.path.realpath(sys.executable)
+            blender = blender_distributions() if same else distributions_of(python)
+        self.blender = dict(blender)
         self.state = "running"
         self.stage = "resolve"
         self.fraction = 0.0
@@ -607,6 +637,7 @@ __all__ = [
     "check",
     "check_install_allowed",
     "detect_platform",
+    "distributions_of",
     "engine_requirements",
     "install_command",
     "install_list",

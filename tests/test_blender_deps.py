@@ -124,6 +124,18 @@ def test_resolve_inputs_pin_blender_packages_and_drop_them_from_the_requirements
     assert reqs == ["torch==2.13.0", "scipy>=1"]
 
 
+def test_distributions_are_read_live_from_the_running_python():
+    import numpy
+
+    here = deps.blender_distributions()
+    assert here["numpy"] == numpy.__version__ and "pip" in here
+    assert deps.blender_distributions([]) == {}
+    other = deps.distributions_of(sys.executable)  # the same interpreter, read from a subprocess
+    assert other["numpy"] == numpy.__version__ and set(other) <= set(here) | {"viewforge"}
+    with pytest.raises(DependencyError, match="cannot list the packages"):
+        deps.distributions_of("/nonexistent/python3")
+
+
 def test_install_list_never_holds_blender_packages():
     report = _report(
         ("torch", "2.13.0", ["numpy", "filelock"]), ("numpy", "2.3.5", []), ("filelock", "4.2.11", []),
