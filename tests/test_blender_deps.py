@@ -7,7 +7,6 @@ pip reports (Python 3.13 cannot be run here)."""
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,34 +16,42 @@ from viewforge.bridge import deps
 from viewforge.engine.errors import Cancelled, DependencyError, InputError
 
 
-def _wheel(root: Path, out: Path, name: str, version: str, deps: list[str] | None = None) -> None:
-    proj = root / f"{name}-{version}"
-    (proj / name).mkdir(parents=True)
-    requires = "dependencies = [" + ", ".join(f'"{d}"' for d in deps or []) + "]\n"
-    (proj / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
-        f'[project]\nname = "{name}"\nversion = "{version}"\n' + requires
-    )
-    (proj / name / "__init__.py").write_text(f"VALUE = 42\nVERSION = '{version}'\n")
-    res = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out), str(proj)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
+def _wheel(out: Path, name: str, version: str, deps: list[str] | None = None) -> None:
+    """Write ``name-version-py3-none-any.whl``: one module ``name`` and the wheel metadata."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f"VALUE = 42\nVERSION = '{version}'\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        + "".join(f"Requires-Dist: {d}\n" for d in deps or []),
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: viewforge-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(out / f"{name}-{version}-py3-none-any.whl", "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
 
 
 @pytest.fixture(scope="module")
 def wheel_folder(tmp_path_factory) -> Path:
-    """A folder of one-line pure-Python wheels: vftinypkg 0.1; vfdep 1.0 (needs vftinypkg);
+    """A folder of one-line pure-Python wheels: vftinypkg 0.1 and 0.2; vfdep 1.0 (needs vftinypkg);
     vfneedsnp 1.0 (needs numpy>=99, another numpy than any Blender's)."""
-    pytest.importorskip("setuptools")
-    root = tmp_path_factory.mktemp("wheels")
-    out = root / "wheels"
-    _wheel(root, out, "vftinypkg", "0.1")
-    _wheel(root, out, "vfdep", "1.0", ["vftinypkg>=0.1"])
-    _wheel(root, out, "vfneedsnp", "1.0", ["numpy>=99"])
+    out = tmp_path_factory.mktemp("wheels") / "wheels"
+    _wheel(out, "vftinypkg", "0.1")
+    _wheel(out, "vftinypkg", "0.2")
+    _wheel(out, "vfdep", "1.0", ["vftinypkg>=0.1"])
+    _wheel(out, "vfneedsnp", "1.0", ["numpy>=99"])
     assert sorted(p.name for p in out.iterdir()) == [
         "vfdep-1.0-py3-none-any.whl", "vfneedsnp-1.0-py3-none-any.whl", "vftinypkg-0.1-py3-none-any.whl",
+        "vftinypkg-0.2-py3-none-any.whl",
     ]  # fmt: skip
     return out
 
@@ -230,6 +237,23 @@ def test_pip_install_never_installs_a_blender_package(tmp_path, wheel_folder):
     assert job.resolved == ["vfdep==1.0"] and job.result == ["vfdep-1.0"]
     assert (target / "vfdep").is_dir() and not (target / "vftinypkg").exists()
     assert not list(target.glob("numpy*"))
+
+
+def test_per_python_pins_apply_by_their_markers(tmp_path, wheel_folder):
+    """A pin with an environment marker holds only for the Pythons it names (how a pin differs
+    between Blender's Python 3.11 and 3.13)."""
+    cons = tmp_path / "constraints.txt"
+    cons.write_text('vftinypkg==0.1 ; python_version >= "3.11"\nvfdep==0.5 ; python_version < "3.11"\n')
+    target = tmp_path / "site"
+    opts = deps.InstallOptions(target=target, requirements=("vftinypkg", "vfdep"), find_links=wheel_folder, constraints=cons)
+    job = deps.PipInstall(opts)
+    try:
+        assert job.wait(timeout=120)
+    finally:
+        deps.remove_from_path(str(target))
+    assert job.state == "done", job.log[-5:]
+    assert sorted(job.resolved) == ["vfdep==1.0", "vftinypkg==0.1"]  # not the newest 0.2; no vfdep 0.5 (no such wheel)
+    assert "VERSION = '0.1'" in (target / "vftinypkg" / "__init__.py").read_text()
 
 
 def test_pip_install_refuses_a_package_that_needs_another_numpy(tmp_path, wheel_folder):
