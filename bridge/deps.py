@@ -358,10 +358,7 @@ def without_blender(requirements: tuple[str, ...] | list[str], blender: dict[str
     return out
 
 
-_UPDATE_FIX = (
-    "update the Viewforge extension, or use a Blender version it supports (Preferences > Add-ons > Viewforge "
-    "lists them; docs/blender.md)"
-)
+_UPDATE_FIX = "update the Viewforge extension, or use a Blender version it supports (docs/blender.md lists them)"
 
 
 def install_list(report: dict, blender: dict[str, str]) -> list[str]:
