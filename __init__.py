@@ -18,8 +18,9 @@ def register() -> None:
     import bpy
 
     from . import operators, panels
-    from .bridge import deps, jobs
+    from .bridge import deps, engine_python, jobs
 
+    engine_python.warn_blender_version()  # once, for a Blender newer than the newest tested
     entry = deps.add_to_path()  # engine dependencies installed from the preferences
     if entry:
         _SITE_PACKAGES.append(entry)

@@ -180,9 +180,10 @@ def check_weights(model: str, model_cache: str, allow_download: bool) -> list[st
 
 def start_generate(context, settings, device: str, *, model_cache: str = "", offline: bool = False,
                    allow_download: bool = False, overrides: dict[str, Any] | None = None,
-                   timer: bool = True) -> list[str]:  # fmt: skip
+                   timer: bool = True, engine_python: str = "") -> list[str]:  # fmt: skip
     """Check the input, the model and its weights, start the generate job; its result is
-    imported at the 3D cursor. Returns warnings (a download about to happen)."""
+    imported at the 3D cursor; ``engine_python``: run it there (:mod:`.engine_python`). Returns
+    warnings (a download about to happen)."""
     from . import deps, jobs
     from .reconstruct import WORKER_NICE, PreparedJob, ReconstructRequest, import_result, output_path, worker_env
 
@@ -193,7 +194,12 @@ def start_generate(context, settings, device: str, *, model_cache: str = "", off
 
     if quality not in GENERATE_PRESETS:
         raise InputError(f"unknown quality '{quality}'", f"choose one of {', '.join(GENERATE_PRESETS)}")
-    deps.check("generate")
+    if engine_python:
+        from .engine_python import check
+
+        check(engine_python, "generate")
+    else:
+        deps.check("generate")
     allow_download = bool(allow_download) and not offline
     model = settings.model.strip()
     local = Path(_abspath(model)).expanduser()
@@ -215,7 +221,13 @@ def start_generate(context, settings, device: str, *, model_cache: str = "", off
     prepared = PreparedJob(spec, work, context.scene.name, out.stem, settings.keep_output)
     cursor = tuple(context.scene.cursor.location)
     try:
-        handle = JobProcess(spec, env=worker_env(model_cache, offline), nice=WORKER_NICE if timer else 0)
+        nice = WORKER_NICE if timer else 0
+        if engine_python:
+            from .engine_python import start_job
+
+            handle = start_job(spec, engine_python, "generate", env=worker_env(model_cache, offline), nice=nice)
+        else:
+            handle = JobProcess(spec, env=worker_env(model_cache, offline), nice=nice)
     except BaseException:
         prepared.cleanup()
         raise

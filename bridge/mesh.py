@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from ..engine.errors import MeshError
+from ..engine.errors import MeshError, ViewforgeError
 from ..engine.io.types import Mesh
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,83 @@ def mesh_to_blender(mesh: Mesh, name: str | None = None, collection=None, scene=
     collection.objects.link(obj)
     log.info("built mesh %s: %d vertices, %d faces in %.2f s", obj.name, nv, nf, time.perf_counter() - t0)
     return obj
+
+
+def glb_base_color_png(path) -> bytes | None:
+    """The embedded image bytes (PNG or JPEG) of a GLB's first material's base-colour texture,
+    or None (no texture, not a GLB, an external image)."""
+    import json
+    import struct
+    from pathlib import Path
+
+    data = Path(path).read_bytes()
+    if len(data) < 20 or data[:4] != b"glTF":
+        return None
+    offset, doc, binary = 12, None, b""
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack_from("<I4s", data, offset)
+        chunk = data[offset + 8 : offset + 8 + length]
+        if kind == b"JSON":
+            doc = json.loads(chunk.decode("utf-8"))
+        elif kind == b"BIN\0":
+            binary = chunk
+        offset += 8 + length
+    try:
+        tex = doc["materials"][0]["pbrMetallicRoughness"]["baseColorTexture"]["index"]
+        view = doc["bufferViews"][doc["images"][doc["textures"][tex]["source"]]["bufferView"]]
+    except (KeyError, IndexError, TypeError):
+        return None
+    start = int(view.get("byteOffset", 0))
+    return binary[start : start + int(view["byteLength"])] or None
+
+
+def decode_image_with_blender(encoded: bytes) -> np.ndarray | None:
+    """PNG or JPEG bytes -> (H, W, 3|4) uint8, row 0 = top, decoded by Blender's image loader
+    (for a Blender Python without Pillow). None when Blender cannot read them."""
+    import os
+    import tempfile
+
+    import bpy
+
+    from .images import image_to_array
+
+    suffix = ".jpg" if encoded[:3] == b"\xff\xd8\xff" else ".png"
+    fd, tmp = tempfile.mkstemp(prefix="viewforge-texture-", suffix=suffix)
+    image = None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(encoded)
+        image = bpy.data.images.load(tmp, check_existing=False)
+        rgb, alpha = image_to_array(image)
+        planes = [rgb] if alpha is None else [rgb, alpha[..., None]]
+        return np.round(np.concatenate(planes, axis=2) * 255.0).astype(np.uint8)
+    except (RuntimeError, ValueError, ViewforgeError) as e:
+        log.warning("the texture could not be decoded by Blender (%s)", e)
+        return None
+    finally:
+        if image is not None:
+            bpy.data.images.remove(image)
+        os.unlink(tmp)
+
+
+def read_result_mesh(path) -> Mesh:
+    """A job's output mesh (:func:`viewforge.engine.io.mesh.read_mesh`). Without Pillow (a
+    Blender whose jobs run in an engine Python has none), the mesh reader cannot decode the
+    GLB's texture: Blender's own image loader decodes it then."""
+    import importlib.util
+    from dataclasses import replace
+    from pathlib import Path
+
+    from ..engine.io.mesh import read_mesh
+
+    mesh = read_mesh(path)
+    if mesh.texture is None and mesh.uvs is not None and Path(path).suffix.lower() == ".glb" \
+            and importlib.util.find_spec("PIL") is None:  # fmt: skip
+        encoded = glb_base_color_png(path)
+        texture = decode_image_with_blender(encoded) if encoded else None
+        if texture is not None:
+            mesh = replace(mesh, texture=texture)
+    return mesh
 
 
 def mesh_from_blender_object(obj) -> Mesh:

@@ -91,6 +91,8 @@ class ReconstructRequest:
     allow_download: bool = False
     refine_cameras: bool = True
     update_cameras: bool = False
+    #: The engine Python to run the job in (:mod:`.engine_python`; "" = Blender's Python).
+    engine_python: str = ""
 
 
 @dataclass
@@ -321,10 +323,23 @@ def _completion_weights(req: ReconstructRequest, photos: int) -> list[str]:
         return [f"{photos} photos: the sides no photo saw will not be completed ({e.message})"]
 
 
+def _check_dependencies(req: ReconstructRequest, kind: str) -> None:
+    """The job's imports are there: in the engine Python when one is set, else in Blender's."""
+    if req.engine_python:
+        from . import engine_python
+
+        engine_python.check(req.engine_python, kind)
+        return
+    from . import deps
+
+    deps.check("reconstruct")
+    if kind == "reconstruct_photos":
+        deps.check("poses")
+
+
 def _prepare_photos_without_cameras(scene, req: ReconstructRequest) -> PreparedJob:
     """The job for a folder of photos without cameras (module docstring)."""
     from ..engine.recon import PHOTO_SUFFIXES, photo_folder_images
-    from . import deps
 
     folder = Path(_abspath(req.photo_folder)).expanduser()
     if not req.photo_folder or not folder.is_dir():
@@ -339,8 +354,7 @@ def _prepare_photos_without_cameras(scene, req: ReconstructRequest) -> PreparedJ
             "add overlapping photos of the object from several sides",
         )
     out = output_path(scene, req)
-    deps.check("reconstruct")
-    deps.check("poses")
+    _check_dependencies(req, "reconstruct_photos")
     warnings = _completion_weights(req, len(photos))
     cameras_out = out.with_name(f"{out.stem}_cameras")
     k = 1
@@ -359,7 +373,6 @@ def prepare_reconstruct(scene, req: ReconstructRequest, view_layer=None) -> Prep
     nothing is changed in the scene and nothing is left on disk in that case.
     """
     from ..engine.jobs import QUALITY_PRESETS
-    from . import deps
 
     if req.quality not in QUALITY_PRESETS:
         raise InputError(f"unknown quality '{req.quality}'", f"choose one of {', '.join(QUALITY_PRESETS)}")
@@ -369,7 +382,7 @@ def prepare_reconstruct(scene, req: ReconstructRequest, view_layer=None) -> Prep
         return _prepare_photos_without_cameras(scene, req)
     items, warnings = _cameras_with_photos(scene, req, view_layer)
     out = output_path(scene, req)
-    deps.check("reconstruct")
+    _check_dependencies(req, "reconstruct")
     warnings += _completion_weights(req, len(items))
     work = Path(tempfile.mkdtemp(prefix="viewforge-job-"))
     try:
@@ -398,8 +411,7 @@ def import_result(prepared: PreparedJob, result, location=None) -> Any:
     its warnings are kept in ``prepared.camera_warnings`` for the report)."""
     import bpy
 
-    from ..engine.io.mesh import read_mesh
-    from .mesh import mesh_to_blender
+    from .mesh import mesh_to_blender, read_result_mesh
 
     scene = bpy.data.scenes.get(prepared.scene_name)
     if scene is None:
@@ -407,7 +419,7 @@ def import_result(prepared: PreparedJob, result, location=None) -> Any:
             f"the scene '{prepared.scene_name}' the job was started from no longer exists; the result is in {result.output}",
             "import the file with File > Import > glTF 2.0",
         )
-    mesh = read_mesh(result.output)
+    mesh = read_result_mesh(result.output)
     cameras = None
     if prepared.cameras_out is not None:
         from .posed import import_transforms
@@ -527,8 +539,15 @@ def start_reconstruct(scene, req: ReconstructRequest, view_layer=None, env: dict
             f"another Viewforge job ({jobs.ACTIVE.label}) is running", "wait for it to finish or cancel it (Esc or the Cancel button)"
         )
     prepared = prepare_reconstruct(scene, req, view_layer)
+    nice = WORKER_NICE if timer else 0
     try:
-        handle = JobProcess(prepared.spec, env=env, nice=WORKER_NICE if timer else 0)
+        if req.engine_python:
+            from .engine_python import start_job
+
+            kind = "reconstruct_photos" if prepared.cameras_out is not None else "reconstruct"
+            handle = start_job(prepared.spec, req.engine_python, kind, env=env, nice=nice)
+        else:
+            handle = JobProcess(prepared.spec, env=env, nice=nice)
     except BaseException:
         prepared.cleanup()
         raise

@@ -28,6 +28,7 @@ imports it as ``viewforge`` from the extension's parent folder).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -534,6 +535,262 @@ class JobProcess:
         return self.result
 
 
+# ---------------------------------------------------------------------------------------------
+# The worker in another Python (the engine Python)
+# ---------------------------------------------------------------------------------------------
+
+
+class _JsonLineSender:
+    """The child's end of :class:`SubprocessJob`'s channel: ``send(tuple)`` writes one JSON line."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def send(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "progress":
+            obj: dict[str, Any] = {"kind": "progress", "stage": msg[1], "fraction": msg[2], "message": msg[3]}
+        elif kind == "done":
+            obj = {"kind": "done", "result": msg[1]}
+        elif kind == "error":
+            obj = {"kind": "error", "type": msg[1], "message": msg[2], "fix": msg[3]}
+        else:
+            obj = {"kind": kind}
+        self._stream.write(json.dumps(obj, default=_json_default) + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._stream.close()
+
+
+def _json_default(value: Any) -> Any:
+    """Plain values for JSON: numpy scalars and arrays, paths, sets."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+def stdio_worker_main() -> None:
+    """Entry point of ``python -m viewforge.engine.worker`` (:class:`SubprocessJob`): read one
+    JSON line ``{"spec", "env", "nice"}`` from stdin, run the job, write JSON lines (progress,
+    then one of done / error / cancelled) to the original stdout. Anything the job's libraries
+    print goes to stderr. A ``cancel`` line on stdin, or stdin closing (the parent is gone),
+    cancels the job."""
+    import threading
+
+    channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)  # fd 1 (C libraries) and sys.stdout now write to stderr
+    sys.stdout = sys.stderr
+    request = json.loads(sys.stdin.readline() or "{}")
+    event = threading.Event()
+
+    def watch_stdin() -> None:
+        for line in sys.stdin:
+            if line.strip() == "cancel":
+                break
+        event.set()  # a cancel line, or EOF: the parent closed the pipe or died
+
+    threading.Thread(target=watch_stdin, name="viewforge-cancel", daemon=True).start()
+    worker_main(request["spec"], _JsonLineSender(channel), event, request.get("env") or {}, int(request.get("nice") or 0))
+
+
+class _LineChannel:
+    """The parent's end: the child's JSON lines, read by a thread, as the tuples of the spawn
+    worker's pipe (``poll()``, ``recv()``, ``close()``; EOFError after the child's last line)."""
+
+    _EOF = object()
+
+    def __init__(self, stream: Any) -> None:
+        import queue
+        import threading
+
+        self._queue: Any = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(stream,), name="viewforge-job-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        try:
+            for line in stream:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    log.warning("engine worker: %s", line[:300])
+                    continue
+                self._queue.put(self._tuple(obj))
+        finally:
+            self._queue.put(self._EOF)
+
+    @staticmethod
+    def _tuple(obj: dict[str, Any]) -> tuple:
+        kind = obj.get("kind")
+        if kind == "progress":
+            return ("progress", str(obj.get("stage", "")), float(obj.get("fraction", 0.0)), str(obj.get("message", "")))
+        if kind == "done":
+            return ("done", obj["result"])
+        if kind == "error":
+            return ("error", str(obj.get("type", "ViewforgeError")), str(obj.get("message", "")), str(obj.get("fix", "")))
+        return (str(kind),)
+
+    def poll(self) -> bool:
+        return not self._queue.empty()
+
+    def recv(self) -> tuple:
+        item = self._queue.get_nowait()
+        if item is self._EOF:
+            self._queue.put(item)
+            raise EOFError
+        return item
+
+    def close(self) -> None:
+        pass
+
+
+class _PopenProcess:
+    """A :class:`subprocess.Popen` with the interface of :class:`multiprocessing.Process` that
+    :class:`JobProcess` uses (``is_alive``, ``kill``, ``join``, ``exitcode``, ``pid``)."""
+
+    def __init__(self, popen: Any, on_exit: Callable[[], None] | None = None) -> None:
+        self._popen = popen
+        self._on_exit = on_exit
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._popen.poll()
+
+    def is_alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self._popen.kill()
+
+    def join(self, timeout: float | None = None) -> None:
+        import subprocess
+
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout)
+        if self._popen.poll() is not None and self._on_exit is not None:
+            on_exit, self._on_exit = self._on_exit, None
+            with contextlib.suppress(OSError):
+                self._popen.stdin.close()
+            on_exit()
+
+
+class _CancelLine:
+    """``set()`` sends the child a ``cancel`` line (the spawn worker's shared event)."""
+
+    def __init__(self, stdin: Any) -> None:
+        self._stdin = stdin
+
+    def set(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stdin.write("cancel\n")
+            self._stdin.flush()
+
+
+def engine_pythonpath() -> tuple[str, str | None]:
+    """``(folder to put on the engine Python's PYTHONPATH so that ``import viewforge`` is this
+    tree, temporary folder to delete afterwards or None)``. The extension folder is named after
+    its id (``viewforge``) when installed: its parent is used. A development checkout may have
+    any name: a temporary folder with a ``viewforge`` link to it."""
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    if root.name == "viewforge":
+        return str(root.parent), None
+    shim = tempfile.mkdtemp(prefix="viewforge-path-")
+    os.symlink(root, os.path.join(shim, "viewforge"), target_is_directory=True)
+    return shim, shim
+
+
+def engine_python_env(pythonpath: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process in the engine Python: this one's, without the variables
+    that point a Python at another installation (Blender's), with ``pythonpath`` and ``env``."""
+    out = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE")}
+    out["PYTHONPATH"] = pythonpath
+    out.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    out.update(env or {})
+    return out
+
+
+class SubprocessJob(JobProcess):
+    """One job in another Python (the *engine Python*: a venv or conda environment with the
+    engine's dependencies), run as ``<python> -m viewforge.engine.worker`` with this tree on its
+    path. The same interface and states as :class:`JobProcess`; the channel is JSON lines: the
+    job in on stdin (``{"spec", "env", "nice"}``), then ``cancel`` lines; progress, result and
+    errors (``{"kind": "error", "type", "message", "fix"}``) out on stdout. The child's stderr
+    is this process's (its log and tracebacks show in Blender's console)."""
+
+    def __init__(self, spec: JobSpec, python: str, env: dict[str, str] | None = None, nice: int = 0,
+                 extra_path: list[str] | None = None) -> None:  # fmt: skip
+        """Start ``<python> -m viewforge.engine.worker`` for ``spec``; ``env`` and ``nice`` as for
+        :class:`JobProcess`; ``extra_path``: more folders for the child's PYTHONPATH (where
+        ``module:function`` job kinds live)."""
+        import subprocess
+
+        self.spec = spec
+        self.python = str(python)
+        self.state = "running"
+        self.stage = "start"
+        self.fraction = 0.0
+        self.message = "starting the engine Python"
+        self.result = None
+        self.error = None
+        self.started = time.monotonic()
+        self._cancel_at = None
+        self._reaper = None
+        pythonpath, self._shim = engine_pythonpath()
+        try:
+            popen = subprocess.Popen(
+                [self.python, "-m", "viewforge.engine.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                env=engine_python_env(os.pathsep.join([pythonpath, *(extra_path or [])])), text=True, encoding="utf-8", bufsize=1,
+                cwd=tempfile_dir(),
+            )  # fmt: skip
+        except OSError as e:
+            self._remove_shim()
+            raise _errors.DependencyError(
+                f"the engine Python {self.python} cannot be started ({e.strerror or e})",
+                "set Preferences > Add-ons > Viewforge > Engine Python to a python executable (venv/bin/python)",
+            ) from None
+        request = {"spec": spec.to_dict(), "env": dict(env or {}), "nice": int(nice)}
+        try:
+            popen.stdin.write(json.dumps(request) + "\n")
+            popen.stdin.flush()
+        except OSError:
+            pass  # it died at once: poll() reports how
+        self._process = _PopenProcess(popen, on_exit=self._remove_shim)
+        self._conn = _LineChannel(popen.stdout)
+        self._event = _CancelLine(popen.stdin)
+        log.info("started %s job in engine Python %s, pid %s", spec.kind, self.python, popen.pid)
+
+    def _remove_shim(self) -> None:
+        if self._shim:
+            import shutil
+
+            shutil.rmtree(self._shim, ignore_errors=True)
+            self._shim = None
+
+
+def tempfile_dir() -> str:
+    """A folder to run the engine Python in (not the caller's: its ``viewforge`` folder, if any,
+    must not shadow the one on the path)."""
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
 __all__ = [
     "CANCEL_GRACE_S",
     "GENERATE_AVAILABLE",
@@ -542,6 +799,7 @@ __all__ = [
     "JOB_FUNCTIONS",
     "JobProcess",
     "JobResult",
+    "SubprocessJob",
     "JobSpec",
     "QUALITY_PRESETS",
     "QualityPreset",

@@ -82,11 +82,13 @@ class _JobOperator:
 
 
 def _deps_poll(cls, kind: str) -> bool:
-    from ..bridge import deps, jobs
+    from ..bridge import deps, engine_python, jobs
 
     if jobs.is_running():
         cls.poll_message_set(f"A Viewforge job ({jobs.ACTIVE.label}) is running: wait for it or cancel it")
         return False
+    if engine_python.configured(get_preferences()):
+        return True  # the job runs in the engine Python: it is checked when the job starts
     names = deps.missing(kind)
     if names:
         cls.poll_message_set(deps.missing_message(names).one_line())
@@ -106,6 +108,7 @@ class VIEWFORGE_OT_reconstruct(_JobOperator, bpy.types.Operator):
         return _deps_poll(cls, "reconstruct")
 
     def start_job(self, context):
+        from ..bridge import engine_python
         from ..bridge.reconstruct import ReconstructRequest, start_reconstruct, worker_env
 
         s = context.scene.viewforge
@@ -119,6 +122,7 @@ class VIEWFORGE_OT_reconstruct(_JobOperator, bpy.types.Operator):
             complete=s.complete.lower(), model=s.model, model_cache=prefs.model_cache,
             allow_download=bool(bpy.app.online_access) and not prefs.offline,
             refine_cameras=s.refine_cameras, update_cameras=s.update_cameras,
+            engine_python=engine_python.configured(prefs),
         )  # fmt: skip
         prepared = start_reconstruct(
             context.scene, req, view_layer=context.view_layer, env=worker_env(prefs.model_cache, prefs.offline),
@@ -139,6 +143,7 @@ class VIEWFORGE_OT_generate(_JobOperator, bpy.types.Operator):
         return _deps_poll(cls, "generate")
 
     def start_job(self, context):
+        from ..bridge import engine_python
         from ..bridge.generate import start_generate
 
         s = context.scene.viewforge
@@ -151,6 +156,7 @@ class VIEWFORGE_OT_generate(_JobOperator, bpy.types.Operator):
         return start_generate(
             context, s, device.lower(), model_cache=prefs.model_cache, offline=prefs.offline,
             allow_download=bool(bpy.app.online_access), overrides=overrides, timer=not bpy.app.background,
+            engine_python=engine_python.configured(prefs),
         )  # fmt: skip
 
 
@@ -242,4 +248,33 @@ class VIEWFORGE_OT_install_dependencies(_JobOperator, bpy.types.Operator):
         return []
 
 
-CLASSES = [VIEWFORGE_OT_reconstruct, VIEWFORGE_OT_generate, VIEWFORGE_OT_cancel, VIEWFORGE_OT_install_dependencies]
+class VIEWFORGE_OT_check_engine_python(bpy.types.Operator):
+    """Check the Engine Python of the preferences: it runs, its Python version, torch and CUDA, missing packages"""
+
+    bl_idname = "viewforge.check_engine_python"
+    bl_label = "Check Engine Python"
+    bl_options = {"REGISTER", "INTERNAL"}
+
+    python: StringProperty(  # type: ignore[valid-type]
+        name="Python", description="Check this one instead of the preferences' (empty: the preferences')", default="",
+        subtype="FILE_PATH", options={"SKIP_SAVE"},
+    )  # fmt: skip
+
+    def execute(self, context):
+        from ..bridge import engine_python
+
+        python = bpy.path.abspath(self.python) if self.python else engine_python.configured(get_preferences(context))
+        if not python:
+            self.report({"ERROR"}, "No engine Python is set. Fix: set Preferences > Add-ons > Viewforge > Engine Python "
+                        "to a python executable (venv/bin/python), or leave it empty to use Blender's Python.")  # fmt: skip
+            return {"CANCELLED"}
+        try:
+            info = engine_python.check(python, "reconstruct", fresh=True)
+        except ViewforgeError as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Engine Python {info.python}: {info.summary()}")
+        return {"FINISHED"}
+
+
+CLASSES = [VIEWFORGE_OT_check_engine_python, VIEWFORGE_OT_reconstruct, VIEWFORGE_OT_generate, VIEWFORGE_OT_cancel, VIEWFORGE_OT_install_dependencies]

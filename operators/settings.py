@@ -172,6 +172,14 @@ class ViewforgePreferences(bpy.types.AddonPreferences):
     extra_index_url: StringProperty(  # type: ignore[valid-type]
         name="Extra Index URL", description="Another package index to search (e.g. the PyTorch CUDA wheels on Windows)", default=""
     )
+    engine_python: StringProperty(  # type: ignore[valid-type]
+        name="Engine Python",
+        description="Run jobs in this Python (a venv or conda environment's bin/python with the engine's packages, "
+        "e.g. CUDA torch) instead of Blender's; nothing needs installing into Blender then. "
+        "Empty: $VIEWFORGE_ENGINE_PYTHON, else Blender's Python",
+        subtype="FILE_PATH",
+        default="",
+    )
 
     def draw(self, context):
         from ..panels.main import draw_preferences
@@ -188,6 +196,7 @@ class _DefaultPreferences:
     install_platform = "AUTO"
     wheel_folder = ""
     extra_index_url = ""
+    engine_python = ""
 
 
 def get_preferences(context=None):

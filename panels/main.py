@@ -52,8 +52,11 @@ def draw_job(layout, context) -> bool:
 
 
 def _draw_missing(layout, kind: str) -> None:
-    from ..bridge import deps
+    from ..bridge import deps, engine_python
+    from ..operators.settings import get_preferences
 
+    if engine_python.configured(get_preferences()):
+        return  # jobs run in the engine Python (checked when they start)
     names = deps.missing(kind)
     if names:
         col = layout.column(align=True)
@@ -198,9 +201,25 @@ def draw_preferences(prefs, layout, context) -> None:
     """The add-on preferences: device, model cache, offline mode, dependencies."""
     from ..bridge import deps
 
+    from ..bridge import engine_python
+    from ..operators.jobs import VIEWFORGE_OT_check_engine_python
+
     layout.prop(prefs, "device")
     layout.prop(prefs, "model_cache")
     layout.prop(prefs, "offline")
+
+    box = layout.box()
+    box.label(text="Engine Python", icon="CONSOLE")
+    box.prop(prefs, "engine_python", text="")
+    python = engine_python.configured(prefs)
+    info = engine_python.last_check(python)
+    if not python:
+        box.label(text="Empty: jobs run in Blender's Python with the dependencies below", icon="INFO")
+    elif info is not None:
+        box.label(text=info.summary(), icon="CHECKMARK")
+    elif not prefs.engine_python:
+        box.label(text=f"From ${engine_python.ENV_VAR}: {python}", icon="INFO")
+    box.operator(VIEWFORGE_OT_check_engine_python.bl_idname, icon="CHECKMARK")
 
     box = layout.box()
     box.label(text="Engine Dependencies", icon="PACKAGE")
