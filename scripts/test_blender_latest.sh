@@ -85,6 +85,16 @@ if [ ! -f "$ROOT/.viewforge-bpy-$BPY_VERSION" ]; then
     /opt/bpy/bin/pip install "bpy==$BPY_VERSION"
   touch "$ROOT/.viewforge-bpy-$BPY_VERSION"
 fi
+# The wheels the extension bundles (blender_manifest.toml), at constraints.txt's versions: what
+# installing the extension's zip would add to Blender's Python.
+WHEELS="$(grep -E '^(trimesh|plyfile)==' "$HERE/constraints.txt" | tr '\n' ' ')"
+if [ ! -f "$ROOT/.viewforge-wheels" ] || [ "$(cat "$ROOT/.viewforge-wheels")" != "$WHEELS" ]; then
+  echo "== bundled wheels: $WHEELS"
+  # shellcheck disable=SC2086
+  in_root env PIP_CERT=/etc/ssl/certs/host-bundle.crt PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 \
+    /opt/bpy/bin/pip install --no-deps $WHEELS
+  echo "$WHEELS" > "$ROOT/.viewforge-wheels"
+fi
 t1=$(date +%s)
 echo "== chroot ready in $((t1 - t0)) s"
 
