@@ -117,7 +117,8 @@ def requirements_hint() -> str:
 def _required_names() -> dict[str, list[str]]:
     from .deps import REQUIRED
 
-    return {kind: sorted(names) for kind, names in REQUIRED.items()}
+    # numpy: every job (Blender ships its own, the deps table leaves it out)
+    return {kind: sorted({"numpy", *names}) for kind, names in REQUIRED.items()}
 
 
 def _run(cmd: list[str], env: dict[str, str] | None, what: str, python: str) -> subprocess.CompletedProcess:
@@ -164,7 +165,7 @@ def probe(python: str, env: dict[str, str] | None = None) -> EngineInfo:
     text = (out.stdout + " " + out.stderr).strip()
     m = re.search(r"\bPython (\d+)\.(\d+)(?:\.(\d+))?", text)
     if m is None:
-        said = f"printed '{' '.join(text.split())[:60]}'" if text else "printed nothing"
+        said = f"printed '{' '.join(text.split())[:40]}'" if text else "printed nothing"
         raise DependencyError(f"engine Python {shown} is not Python (`--version` {said})",
                               f"set {SETTING} to a python executable (venv/bin/python)")  # fmt: skip
     version = (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
