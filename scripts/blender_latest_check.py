@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def suzanne(bpy):
-    """A subdivided Suzanne with a two-scale noise texture (detail for SIFT), lit by a sun."""
+    """A subdivided Suzanne with a high-contrast noise texture (detail for SIFT), lit by a sun and the world."""
     bpy.ops.mesh.primitive_monkey_add(size=1.5)
     obj = bpy.context.active_object
     obj.modifiers.new("Subdivision", "SUBSURF").levels = 2
@@ -49,16 +49,24 @@ def suzanne(bpy):
     mat = bpy.data.materials.new("Suzanne")
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     bsdf = next(nd for nd in nodes if nd.type == "BSDF_PRINCIPLED")
-    coarse, fine = nodes.new("ShaderNodeTexNoise"), nodes.new("ShaderNodeTexNoise")
-    coarse.inputs["Scale"].default_value, fine.inputs["Scale"].default_value = 5.0, 40.0
-    mix = nodes.new("ShaderNodeMix")
-    mix.data_type = "RGBA"
-    mix.inputs["Factor"].default_value = 0.5
-    links.new(coarse.outputs["Color"], mix.inputs["A"])
-    links.new(fine.outputs["Color"], mix.inputs["B"])
-    links.new(mix.outputs["Result"], bsdf.inputs["Base Color"])
+    noise = nodes.new("ShaderNodeTexNoise")
+    noise.inputs["Scale"].default_value, noise.inputs["Detail"].default_value = 8.0, 8.0
+    ramp = nodes.new("ShaderNodeValToRGB")  # high-contrast blotches: features SIFT can match
+    stops = ramp.color_ramp.elements
+    stops[0].position, stops[0].color = 0.42, (0.05, 0.05, 0.3, 1.0)
+    stops[1].position, stops[1].color = 0.58, (0.95, 0.95, 0.9, 1.0)
+    mid = stops.new(0.5)
+    mid.color = (0.9, 0.5, 0.1, 1.0)
+    links.new(noise.outputs["Fac"], ramp.inputs["Fac"])
+    links.new(ramp.outputs["Color"], bsdf.inputs["Base Color"])
     obj.data.materials.append(mat)
     bpy.ops.object.light_add(type="SUN", location=(2, -2, 4))
+    bpy.context.active_object.data.energy = 2.0
+    scene = bpy.context.scene
+    if scene.world is None:
+        scene.world = bpy.data.worlds.new("World")
+    scene.world.color = (0.8, 0.8, 0.8)  # ambient light: the sides the sun misses keep their texture
+    scene.view_settings.view_transform = "Standard"
     return obj
 
 
