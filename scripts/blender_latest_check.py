@@ -8,8 +8,8 @@ leave a textured mesh in the scene:
 
 1. Reconstruct from Cameras: a subdivided, noise-textured Suzanne seen by ``--cams`` cameras
    (Cycles renders at ``--size`` px as their background images); Refine Cameras as ``--refine-cameras``.
-2. Photos Without Cameras: ``--photos`` Cycles renders of the same object in a folder, the
-   cameras deleted; the job estimates them and adds them with the mesh.
+2. Photos Without Cameras: ``--photos`` Cycles renders (``--photo-size`` px, 32 samples) of the
+   same object in a folder, the cameras deleted; the job estimates them and adds them with the mesh.
 
 Prints one line per figure and ``RESULT: PASS`` or ``RESULT: FAIL``; the exit status says the same.
 """
@@ -34,9 +34,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cams", type=int, default=8)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--photos", type=int, default=24)
-    p.add_argument("--photo-size", type=int, default=256)
+    p.add_argument("--photo-size", type=int, default=320)
     p.add_argument("--refine-cameras", action="store_true", help="Reconstruct with Refine Cameras on (the default in the panel)")
     p.add_argument("--skip-photos", action="store_true")
+    p.add_argument("--skip-reconstruct", action="store_true")
     return p.parse_args()
 
 
@@ -50,7 +51,7 @@ def suzanne(bpy):
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     bsdf = next(nd for nd in nodes if nd.type == "BSDF_PRINCIPLED")
     noise = nodes.new("ShaderNodeTexNoise")
-    noise.inputs["Scale"].default_value, noise.inputs["Detail"].default_value = 8.0, 8.0
+    noise.inputs["Scale"].default_value, noise.inputs["Detail"].default_value = 12.0, 8.0
     ramp = nodes.new("ShaderNodeValToRGB")  # high-contrast blotches: features SIFT can match
     stops = ramp.color_ramp.elements
     stops[0].position, stops[0].color = 0.42, (0.05, 0.05, 0.3, 1.0)
@@ -70,9 +71,9 @@ def suzanne(bpy):
     return obj
 
 
-def render_cameras(bpy, folder: Path, n: int, size: int, rings=(25, -10), prefix="Cam"):
-    """``n`` cameras at distance 4 around the origin (elevations alternating over ``rings``),
-    each rendered with Cycles (CPU, 4 samples, transparent film) to ``folder/<name>.png``."""
+def render_cameras(bpy, folder: Path, n: int, size: int, rings=(25, -10), prefix="Cam", samples=4, distance=4.0):
+    """``n`` cameras at ``distance`` around the origin (elevations alternating over ``rings``),
+    each rendered with Cycles (CPU, ``samples`` samples, transparent film) to ``folder/<name>.png``."""
     from viewforge.bridge.cameras import create_bpy_camera
     from viewforge.engine.cameras import Camera, look_at
 
@@ -81,7 +82,7 @@ def render_cameras(bpy, folder: Path, n: int, size: int, rings=(25, -10), prefix
     scene.render.resolution_percentage = 100
     scene.render.engine = "CYCLES"
     scene.cycles.device = "CPU"
-    scene.cycles.samples = 4
+    scene.cycles.samples = samples
     scene.cycles.use_denoising = False
     scene.render.film_transparent = True
     scene.render.image_settings.file_format = "PNG"
@@ -89,7 +90,7 @@ def render_cameras(bpy, folder: Path, n: int, size: int, rings=(25, -10), prefix
     cams = []
     for i in range(n):
         a, el = 2 * math.pi * i / n, math.radians(rings[i % len(rings)])
-        eye = 4 * np.array([math.cos(a) * math.cos(el), math.sin(a) * math.cos(el), math.sin(el)])
+        eye = distance * np.array([math.cos(a) * math.cos(el), math.sin(a) * math.cos(el), math.sin(el)])
         f = size / (2 * math.tan(math.radians(40) / 2))
         cam = create_bpy_camera(Camera(f, f, size / 2, size / 2, size, size, look_at(eye, (0, 0, 0))), scene,
                                 name=f"{prefix}{i:02d}")  # fmt: skip
@@ -202,6 +203,8 @@ def main() -> int:
     # --- Reconstruct from Cameras
     scene = bpy.context.scene
     source = suzanne(bpy)
+    if args.skip_reconstruct:
+        args.cams = 0
     t = time.perf_counter()
     cams = render_cameras(bpy, work / "renders", args.cams, args.size)
     for cam in cams:
@@ -217,12 +220,13 @@ def main() -> int:
     before = set(bpy.data.objects)
     t = time.perf_counter()
     try:
-        bpy.ops.viewforge.reconstruct()
+        if not args.skip_reconstruct:
+            bpy.ops.viewforge.reconstruct()
     except RuntimeError as e:
         check(False, f"Reconstruct from cameras: {str(e).strip()}")
     figures["reconstruct_s"] = f"{time.perf_counter() - t:.0f}"
     new = [o for o in bpy.data.objects if o not in before]
-    obj = textured_mesh(check, bpy, new, f"Reconstruct ({args.cams} cameras, {args.size} px, refine {args.refine_cameras})")
+    obj = None if args.skip_reconstruct else textured_mesh(check, bpy, new, f"Reconstruct ({args.cams} cameras, {args.size} px, refine {args.refine_cameras})")
     if obj is not None:
         iou = box_iou(world_box(obj), source_box)
         figures["reconstruct_iou"] = f"{iou:.2f}"
@@ -236,7 +240,8 @@ def main() -> int:
         source.hide_set(False)
         photos = work / "photos"
         t = time.perf_counter()
-        for cam in render_cameras(bpy, photos, args.photos, args.photo_size, rings=(15, 35), prefix="p"):
+        # 32 samples: SIFT needs photos without path-tracing noise (4 samples register 2 of 24)
+        for cam in render_cameras(bpy, photos, args.photos, args.photo_size, rings=(15, 35), prefix="p", samples=32, distance=3.2):
             bpy.data.objects.remove(cam)
         figures["render_photos_s"] = f"{time.perf_counter() - t:.0f}"
         source.hide_set(True)

@@ -201,4 +201,5 @@ def test_preferences_draw_device_cache_and_dependency_status(blender, monkeypatc
     assert "Reconstruct: all installed" in labels
     assert "Generate: missing diffusers" in labels
     assert any("Online access is off" in (t or "") for t in labels)
-    assert [e[1] for e in log if e[0] == "operator"] == ["viewforge.install_dependencies"]
+    assert [e[1] for e in log if e[0] == "operator"] == ["viewforge.check_engine_python", "viewforge.install_dependencies"]
+    assert "engine_python" in props
