@@ -23,6 +23,11 @@ stopped :data:`CANCEL_GRACE_S` seconds later is killed. A child that dies withou
 saying so. Only plain Python values cross the process boundary, so the child does not need the
 parent's module names (inside Blender the extension is ``bl_ext.<repo>.viewforge``; the child
 imports it as ``viewforge`` from the extension's parent folder).
+
+**Another Python** (:class:`SubprocessJob`): the same worker run by an *engine Python* (a venv or
+conda environment with the engine's dependencies) as ``<python> -m viewforge.engine.worker``,
+talking JSON lines over stdin/stdout instead of a pipe of pickled tuples (docs/blender.md,
+"Engine Python").
 """
 
 from __future__ import annotations
@@ -756,7 +761,7 @@ class SubprocessJob(JobProcess):
             popen = subprocess.Popen(
                 [self.python, "-m", "viewforge.engine.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 env=engine_python_env(os.pathsep.join([pythonpath, *(extra_path or [])])), text=True, encoding="utf-8", bufsize=1,
-                cwd=tempfile_dir(),
+                cwd=_worker_cwd(),
             )  # fmt: skip
         except OSError as e:
             self._remove_shim()
@@ -783,7 +788,7 @@ class SubprocessJob(JobProcess):
             self._shim = None
 
 
-def tempfile_dir() -> str:
+def _worker_cwd() -> str:
     """A folder to run the engine Python in (not the caller's: its ``viewforge`` folder, if any,
     must not shadow the one on the path)."""
     import tempfile
