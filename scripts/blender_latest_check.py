@@ -230,6 +230,7 @@ def main() -> int:
     if obj is not None:
         iou = box_iou(world_box(obj), source_box)
         figures["reconstruct_iou"] = f"{iou:.2f}"
+        figures["reconstruct_box"] = f"{np.round(world_box(obj), 2).tolist()} (Suzanne {np.round(source_box, 2).tolist()})"
         check(iou >= 0.75, f"Reconstruct: bounding-box IoU with Suzanne {iou:.2f}")
     figures["reconstruct_report"] = jobs.LAST.message if jobs.LAST else ""
 
