@@ -53,13 +53,19 @@ from .base import ConditionImage
 
 log = logging.getLogger(__name__)
 
+#: An object upsampled by more than this to the condition size gets a warning (soft detail).
+MAX_UPSAMPLE = 2.0
+
 
 @dataclass(frozen=True)
 class PrepConfig:
     """How an input image is prepared. Distances are Euclidean RGB distances of [0, 1] colours.
 
-    size: side of the square output image in pixels (Zero123++ takes 320).
-    fill: the object's longest bounding-box side divided by the image side, in (0, 1].
+    size: side of the square output image in pixels (default 320; generate prepares at the
+        generator's ``GeneratorInfo.condition_size``, 512 for Zero123++ v1.2's VAE branch).
+    fill: the object's longest bounding-box side divided by the image side, in (0, 1]; generate
+        uses the generator's ``GeneratorInfo.condition_fill`` (0.85 for Zero123++ v1.2), so an
+        input of any framing becomes the same condition image, which agrees with the rig's framing.
     bg_low: colour distance to the background at or below which a pixel is background (alpha 0);
         raised to ``noise_factor`` times the background's measured noise when that is larger.
     bg_high: the distance at which alpha reaches 1 is ``low + (bg_high - bg_low)``.
@@ -583,6 +589,12 @@ def prepare(source: str | os.PathLike | np.ndarray, config: PrepConfig = PrepCon
     rgba = recentre(rgb, cut, config.size, config.fill, config.alpha_threshold)
     box = object_bbox(cut, config.alpha_threshold)
     assert box is not None
+    side = max(box[2] - box[0], box[3] - box[1])
+    up = config.fill * config.size / max(side, 1)
+    if up > MAX_UPSAMPLE:
+        log.warning("the object in %s is only %d px across: upsampled %.1fx to the %d px condition image, so its "
+                    "detail will be soft; use a larger photo (the object at least %d px across)", name, side, up,
+                    config.size, int(np.ceil(config.fill * config.size / MAX_UPSAMPLE)))
     bx = tuple(int(round(v / scale)) for v in box)
     bbox = (min(bx[0], w0), min(bx[1], h0), min(bx[2], w0), min(bx[3], h0))
     seconds = time.perf_counter() - t0
