@@ -683,40 +683,72 @@ def save_tiny(path: str | Path, seed: int = 0, view_size: int = 16) -> Path:
     (UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPVisionModelWithProjection, a
     CLIP tokenizer with a 56-token vocabulary, the scheduler and preprocessor configs, the
     marker) as safetensors; views are ``view_size`` px (the VAE downsamples by 2)."""
+    dim = 32
+    unet = dict(sample_size=GRID_COLS * view_size // 2, in_channels=4, out_channels=4, layers_per_block=1,
+                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=dim, attention_head_dim=(2, 4),
+                use_linear_projection=True, norm_num_groups=8)
+    vae = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+               up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+               latent_channels=4, norm_num_groups=4, sample_size=view_size)
+    text = dict(vocab_size=56, hidden_size=dim, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=77, projection_dim=dim, pad_token_id=0, bos_token_id=54, eos_token_id=55,
+                hidden_act="gelu")
+    vision = dict(hidden_size=dim, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8, projection_dim=dim, hidden_act="gelu")
+    return _save_random(Path(path), seed, view_size, unet, vae, text, vision, clip_size=32, vae_size=view_size)
+
+
+#: The shapes of the real v1.2 components (an SD2 UNet and SD VAE, OpenCLIP-H text and vision
+#: encoders; the parameter counts are those of v1.2's files): :func:`save_full_random`.
+FULL_UNET = dict(sample_size=96, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280, 1280),
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=1024,
+                 attention_head_dim=(5, 10, 20, 20), use_linear_projection=True, norm_num_groups=32)
+FULL_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                latent_channels=4, norm_num_groups=32, sample_size=768, scaling_factor=0.18215)
+FULL_TEXT = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                 num_attention_heads=16, max_position_embeddings=77, projection_dim=512, pad_token_id=0,
+                 bos_token_id=54, eos_token_id=55, hidden_act="gelu")
+FULL_VISION = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                   image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu")
+
+
+def save_full_random(path: str | Path, seed: int = 0, dtype: str = "float16") -> Path:
+    """Save a randomly initialised Zero123++ with the real v1.2 shapes (FULL_* configs, 320 px
+    views, v1.2's preprocessor configs: CLIP 224 bicubic, VAE 512 bilinear) in ``dtype``
+    safetensors (about 3.8 GB in float16). Random weights make its output meaningless but its
+    compute that of the real model: for timings (bench/gpu.py). The tokenizer is the tiny one
+    (the empty prompt's 77 positions are all that is encoded)."""
+    return _save_random(Path(path), seed, 320, FULL_UNET, FULL_VAE, FULL_TEXT, FULL_VISION, clip_size=224,
+                        vae_size=512, dtype=dtype)
+
+
+def _save_random(folder: Path, seed: int, view_size: int, unet_cfg: dict, vae_cfg: dict, text_cfg: dict,
+                 vision_cfg: dict, *, clip_size: int, vae_size: int, dtype: str = "float32") -> Path:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    dim, tokens = 32, 77
-    unet = UNet2DConditionModel(
-        sample_size=GRID_COLS * view_size // 2, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=dim, attention_head_dim=(2, 4),
-        use_linear_projection=True, norm_num_groups=8)
-    unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-                        latent_channels=4, norm_num_groups=4, sample_size=view_size)
-    vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
+    tdtype = _resolve_dtype(dtype, torch.device("cpu"))
+    tokens = int(text_cfg["max_position_embeddings"])
+    UNet2DConditionModel(**unet_cfg).to(tdtype).save_pretrained(str(folder / "unet"), safe_serialization=True)
+    AutoencoderKL(**vae_cfg).to(tdtype).save_pretrained(str(folder / "vae"), safe_serialization=True)
     _write_tiny_tokenizer(folder / "tokenizer", tokens)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=56, hidden_size=dim, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=2, max_position_embeddings=tokens, projection_dim=dim,
-                                        pad_token_id=0, bos_token_id=54, eos_token_id=55, hidden_act="gelu"))
-    text.save_pretrained(str(folder / "text_encoder"))
-    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=dim, intermediate_size=64, num_hidden_layers=2,
-                                                            num_attention_heads=2, image_size=32, patch_size=8,
-                                                            projection_dim=dim, hidden_act="gelu"))
-    vision.save_pretrained(str(folder / "vision_encoder"))
+    CLIPTextModel(CLIPTextConfig(**text_cfg)).to(tdtype).save_pretrained(str(folder / "text_encoder"))
+    CLIPVisionModelWithProjection(CLIPVisionConfig(**vision_cfg)).to(tdtype).save_pretrained(
+        str(folder / "vision_encoder"))
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({
         "_class_name": "EulerAncestralDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
         "beta_schedule": "linear", "num_train_timesteps": 1000, "prediction_type": "v_prediction",
         "steps_offset": 1, "timestep_spacing": "linspace"}, indent=1))
-    for name, size, mean, std, resample in (("feature_extractor_clip", 32, _CLIP_MEAN, _CLIP_STD, 3),
-                                            ("feature_extractor_vae", view_size, [0.5] * 3, [0.8] * 3, 2)):
+    for name, size, mean, std, resample in (("feature_extractor_clip", clip_size, _CLIP_MEAN, _CLIP_STD, 3),
+                                            ("feature_extractor_vae", vae_size, [0.5] * 3, [0.8] * 3, 2)):
         (folder / name).mkdir(exist_ok=True)
         (folder / name / "preprocessor_config.json").write_text(json.dumps({
             "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": size},
