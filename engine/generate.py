@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 GENERATE_SUFFIXES = (".glb", ".ply")
 
 
+
 @dataclass(frozen=True)
 class GenerateConfig:
     """Settings of :func:`generate`.
