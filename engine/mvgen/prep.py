@@ -589,14 +589,14 @@ def prepare(source: str | os.PathLike | np.ndarray, config: PrepConfig = PrepCon
     rgba = recentre(rgb, cut, config.size, config.fill, config.alpha_threshold)
     box = object_bbox(cut, config.alpha_threshold)
     assert box is not None
-    side = max(box[2] - box[0], box[3] - box[1])
+    bx = tuple(int(round(v / scale)) for v in box)
+    bbox = (min(bx[0], w0), min(bx[1], h0), min(bx[2], w0), min(bx[3], h0))
+    side = max(bbox[2] - bbox[0], bbox[3] - bbox[1])  # in the photo's own pixels
     up = config.fill * config.size / max(side, 1)
     if up > MAX_UPSAMPLE:
         log.warning("the object in %s is only %d px across: upsampled %.1fx to the %d px condition image, so its "
                     "detail will be soft; use a larger photo (the object at least %d px across)", name, side, up,
                     config.size, int(np.ceil(config.fill * config.size / MAX_UPSAMPLE)))
-    bx = tuple(int(round(v / scale)) for v in box)
-    bbox = (min(bx[0], w0), min(bx[1], h0), min(bx[2], w0), min(bx[3], h0))
     seconds = time.perf_counter() - t0
     log.debug("prepared %s: %s, object %.1f%% of the image, %.2f s", name, method, 100 * frac, seconds)
     return PrepResult(
