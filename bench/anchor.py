@@ -18,7 +18,8 @@ elevations 0 / 30) against the truth, on white; the gap to the same anchor's wel
 (fill 0.8, level). ``true_fill``: the fraction the normalised Duck actually spans at the level
 reference camera (the shape-dependent framing no fixed fill can match exactly).
 
-    .venv/bin/python bench/anchor.py [--size 96] [--fit 400 --warm 150] [--json rows.json]
+    .venv/bin/python bench/anchor.py [--anchors raw,old,new] [--inputs "fill 0.8,fill 0.6"] [--seed S]
+        [--size 96] [--fit 400 --warm 150] [--json rows.json]
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fit", type=int, default=400, help="first fit's iterations (default 400)")
     ap.add_argument("--warm", type=int, default=150, help="later fits' iterations (default 150)")
     ap.add_argument("--anchors", default="raw,old,new")
+    ap.add_argument("--inputs", default=",".join(i[0] for i in INPUTS), help="which inputs (labels, comma-separated)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="PATH", default=None)
     args = ap.parse_args(argv)
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
     orc = PerturbedOracle.from_mesh(mesh, rig, level, OracleConfig(seed=1))
     rows = []
     for anchor in [a for a in args.anchors.split(",") if a]:
-        for label, fill, elev in INPUTS:
+        for label, fill, elev in [i for i in INPUTS if i[0] in args.inputs.split(",")]:
             img = photo(mesh, fill, elev)
             given = 0.0
             if anchor == "raw":
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
             rows.append(row)
     base = {r["anchor"]: r["psnr"] for r in rows if r["input"] == "fill 0.8"}
     for r in rows:
-        r["gap"] = round(r["psnr"] - base[r["anchor"]], 2)
+        r["gap"] = round(r["psnr"] - base[r["anchor"]], 2) if r["anchor"] in base else None
     print(f"object {args.object} (radius 0.5), views {size} px, true_fill {true_fill:.3f}, "
           f"fits {args.fit}/{args.warm}, seed {args.seed}")
     cols = ["anchor", "input", "input_elevation", "psnr", "gap", "seconds"]
