@@ -480,9 +480,30 @@ def object_bbox(alpha: np.ndarray, threshold: float = 0.5) -> tuple[int, int, in
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
+def object_extent(alpha: np.ndarray, threshold: float = 0.5) -> tuple[float, float, float, float] | None:
+    """(x0, y0, x1, y1) of the object in continuous pixel coordinates (pixel i covers [i, i+1]),
+    to a fraction of a pixel: :func:`object_bbox`'s edges moved by the anti-aliased coverage of
+    the edge pixels (the largest alpha of each column / row, and of its outer neighbour), so the
+    measured size does not jump by a whole pixel with the framing. None if there is no object."""
+    box = object_bbox(alpha, threshold)
+    if box is None:
+        return None
+    a = np.clip(np.asarray(alpha, np.float32), 0.0, 1.0)
+    out = []
+    for prof, lo, hi in ((a.max(axis=0), box[0], box[2]), (a.max(axis=1), box[1], box[3])):
+        i0, i1 = lo, hi - 1
+        before = float(prof[i0 - 1]) if i0 > 0 else 0.0
+        after = float(prof[i1 + 1]) if i1 + 1 < len(prof) else 0.0
+        # a step edge at e covers pixel i by clip(i + 1 - e, 0, 1): e = i0 + (1 - c_i0) - c_(i0-1)
+        out.append((i0 + (1.0 - float(prof[i0])) - before, i1 + float(prof[i1]) + after))
+    (x0, x1), (y0, y1) = out
+    return x0, y0, x1, y1
+
+
 def recentre(rgb: np.ndarray, alpha: np.ndarray, size: int, fill: float, threshold: float = 0.5) -> np.ndarray:
     """(size, size, 4) float32 straight RGBA: the object (alpha > threshold) scaled so its bounding
-    box's longest side spans ``fill * size`` and its centre is the image centre.
+    box's longest side (:func:`object_extent`, to a fraction of a pixel) spans ``fill * size`` and
+    its centre is the image centre.
 
     Continuous pixel coordinates (pixel i covers [i, i+1]) map as ``u' = s (u - c) + size / 2``.
     Premultiplied colour and alpha are resampled together (area filter for the bulk of a
@@ -491,10 +512,10 @@ def recentre(rgb: np.ndarray, alpha: np.ndarray, size: int, fill: float, thresho
     cv2 = _cv2()
     from ..images import resize
 
-    bbox = object_bbox(alpha, threshold)
-    if bbox is None:
+    ext = object_extent(alpha, threshold)
+    if ext is None:
         raise ImageError("no object to recentre", "give an image with an object")
-    x0, y0, x1, y1 = bbox
+    x0, y0, x1, y1 = ext
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     s = fill * size / max(x1 - x0, y1 - y0)
     a = np.clip(alpha, 0.0, 1.0).astype(np.float32)
