@@ -12,7 +12,7 @@ its bounding box centred and its longest side spanning ``fill`` of the side.
 2. **Clean-up.** The largest connected components are kept, small holes inside the object filled,
    the edge feathered (:func:`clean_alpha`).
 3. **Recentre.** The object (alpha > ``alpha_threshold``) is scaled so its bounding box's longest
-   side spans ``fill * size`` pixels and its centre lands on the image centre (one exact affine
+   side (measured to a fraction of a pixel, :func:`object_extent`) spans ``fill * size`` pixels and its centre lands on the image centre (one exact affine
    resampling of premultiplied colour; see :func:`recentre`).
 
 Border matting, the model:
