@@ -446,3 +446,16 @@ def test_tiny_photo_is_upsampled_with_a_warning_and_a_huge_one_downscaled_once(c
     assert calls[0][:2] == (600, 8000) and sum(c[:2] == (600, 8000) for c in calls) == 1  # once, before matting
     assert "downscaled" in caplog.text and "upsampled" not in caplog.text
     assert r.image.rgba.shape == (512, 512, 4)
+
+
+@pytest.mark.parametrize("x0, x1", [(10.3, 30.6), (10.7, 30.2), (0.0, 39.5)])
+def test_object_extent_is_sub_pixel(x0, x1):
+    from viewforge.engine.mvgen.prep import object_bbox, object_extent
+
+    cols = np.clip(np.minimum(np.arange(40) + 1.0 - x0, x1 - np.arange(40)), 0.0, 1.0).astype(np.float32)
+    alpha = np.zeros((20, 40), np.float32)
+    alpha[4:16] = cols
+    ex = object_extent(alpha)
+    assert ex == pytest.approx((x0, 4.0, x1, 16.0), abs=1e-5)
+    bx = object_bbox(alpha)
+    assert abs(bx[0] - x0) <= 0.5 and abs(bx[2] - x1) <= 0.5  # the whole-pixel box is within half a pixel
