@@ -11,7 +11,8 @@ focal length set so the object's bounding box spans ``fill`` of the frame. Ancho
 - old: the photo prepared as before issue 17 (prep fill 0.8), anchored level (elevation 0);
 - new: prepared at v1.2's framing (prep fill ``zero123pp.CONDITION_FILL`` = 0.85, the object
   recentred and rescaled from its alpha, so every framing gives the same condition image),
-  anchored at the elevation the user gives (``--input-elevation``; here the true one).
+  anchored at the elevation the user gives (``--input-elevation``; here the true one);
+- new-level: prepared as new, anchored level (the elevation not given).
 
 Columns: held-out PSNR of the final splats at 8 cameras not in the rig (azimuths 15 + 45 k,
 elevations 0 / 30) against the truth, on white; the gap to the same anchor's well-framed input
@@ -115,11 +116,11 @@ def main(argv=None) -> int:
                 cond = ConditionImage(resize(img, size, size), fill=fill, source=label)
             elif anchor == "old":
                 cond = prepare(img, PrepConfig(size=size, fill=0.8, use_rembg=False)).image
-            elif anchor == "new":
+            elif anchor in ("new", "new-level"):
                 cond = prepare(img, PrepConfig(size=size, fill=zero123pp.CONDITION_FILL, use_rembg=False)).image
-                given = elev
+                given = elev if anchor == "new" else 0.0
             else:
-                raise SystemExit(f"bench/anchor.py: unknown anchor {anchor!r}; use raw, old, new")
+                raise SystemExit(f"bench/anchor.py: unknown anchor {anchor!r}; use raw, old, new, new-level")
             orc.evaluations = 0
             t = time.perf_counter()
             res = sample(orc, cond, SamplerConfig(method="aware", seed=args.seed, fit_iterations=args.fit,
