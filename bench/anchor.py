@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     cols = ["anchor", "input", "input_elevation", "psnr", "gap", "seconds"]
     print(" | ".join(f"{c:>15}" for c in cols))
     for r in rows:
-        print(" | ".join(f"{r[c]:>15}" for c in cols))
+        print(" | ".join(f"{str(r[c]):>15}" for c in cols))
     if args.json:
         Path(args.json).write_text(json.dumps({"true_fill": true_fill, "rows": rows}, indent=2) + "\n")
     return 0
