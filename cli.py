@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 from .engine.errors import Cancelled, InputError, ViewforgeError
 from .engine.progress import ProgressEvent, ProgressLines
+from .engine.speed import CPU_NOTE
 
 PROG = "viewforge"
 
@@ -452,6 +453,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _elevation(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: '{text}'") from None
+    if not (-89.0 <= value <= 89.0):
+        raise argparse.ArgumentTypeError(f"must be an elevation in degrees between -89 and 89, got {text}")
+    return value
+
+
 def _add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE", help="one image of one object: PNG/JPEG/WebP; RGBA or on a plain background")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -471,6 +482,9 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
                    help="base-colour texture size in pixels (default 1024: the views are 320 px)")
     p.add_argument("--size", type=_positive_float, default=1.0, metavar="METRES",
                    help="longest side of the result (default 1); it stands on z = 0, centred in x and y")
+    p.add_argument("--input-elevation", type=_elevation, default=0.0, metavar="DEG",
+                   help="the photo's camera elevation above the object in degrees (default 0: taken level; "
+                        "e.g. 20 for a photo from a little above)")
     p.add_argument("--iterations", type=_positive_int, default=1000, metavar="I",
                    help="splat fit steps of the first reconstruction; later ones get 30%% of it (default 1000)")
     p.add_argument("--grid", type=_positive_int, default=192, metavar="G",
@@ -502,7 +516,7 @@ def _run_generate(args: argparse.Namespace, progress: ProgressBar) -> int:
     cfg = GenerateConfig(
         model=args.model, steps=args.steps, method=args.method, seed=args.seed, device=args.device,
         allow_download=args.allow_download, faces=args.faces, texture_size=args.texture_size, size=args.size,
-        fit_iterations=args.iterations, warm_iterations=max(1, args.iterations * 3 // 10), mesh={"grid": args.grid},
+        input_elevation=args.input_elevation, fit_iterations=args.iterations, warm_iterations=max(1, args.iterations * 3 // 10), mesh={"grid": args.grid},
     )  # fmt: skip
     t = time.perf_counter()
     res = _reconstruct_to(
@@ -641,7 +655,7 @@ COMMANDS: list[Command] = [
         "steps so that the views agree; the splats become a mesh (simplified to --faces, unwrapped, "
         "--texture-size texture baked from the views). The object stands on z = 0 (the ground), "
         "centred in x and y, its longest side --size long; a .glb is +Y up as glTF requires. A .ply "
-        "OUT is the splats themselves.",
+        "OUT is the splats themselves. " + CPU_NOTE + " (--device; docs/zero123pp.md has the timings).",
         _add_generate,
         _run_generate,
         "example: viewforge generate chair.png -o chair.glb --steps 4 --seed 1",

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 GENERATE_SUFFIXES = (".glb", ".ply")
 
 
+
 @dataclass(frozen=True)
 class GenerateConfig:
     """Settings of :func:`generate`.
@@ -41,6 +42,8 @@ class GenerateConfig:
     faces: mesh face budget (default 30000). texture_size: texture side (default 1024: the views
         are 320 px, a bigger texture adds no detail).
     size: longest side of the result in scene units (default 1.0).
+    input_elevation: the photo's camera elevation above the object in degrees (default 0: assumed
+        level); the reconstruction's anchor camera is raised by it.
     fit_iterations, warm_iterations: splat fit steps of the sampler's first and later fits.
     mesh: overrides of :class:`~viewforge.engine.mesh.pipeline.MeshConfig` fields (e.g. grid).
     fit: overrides of the sampler's :class:`~viewforge.engine.splat.fit.FitConfig` fields.
@@ -55,6 +58,7 @@ class GenerateConfig:
     faces: int = 30000
     texture_size: int = 1024
     size: float = 1.0
+    input_elevation: float = 0.0
     fit_iterations: int = 1000
     warm_iterations: int = 300
     mesh: dict[str, Any] = field(default_factory=dict)
@@ -111,9 +115,17 @@ def generate(
     mpath = check_output_path(metrics_path, (".json",)) if metrics_path is not None else None
     if not (0.0 < config.size < 1e6):
         raise InputError(f"size {config.size} is not a positive length", "give the object's size in scene units, e.g. 1")
+    if not -89.0 <= float(config.input_elevation) <= 89.0:
+        raise InputError(f"input elevation {config.input_elevation} degrees is outside [-89, 89]",
+                         "give the photo's camera elevation above the object in degrees (0: level)")
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    cond = prepare_image(image, PrepConfig())
+    # The generator's condition size and framing, read without loading it (a model folder's own
+    # preprocessor size is applied by the generator itself).
+    from .mvgen.base import resolve
+
+    info = generator.info if generator is not None else resolve(config.model).info
+    cond = prepare_image(image, PrepConfig(size=int(info.condition_size), fill=float(info.condition_fill)))
     seconds["prepare"] = time.perf_counter() - t
     check(cancel)
     t = time.perf_counter()
@@ -122,7 +134,7 @@ def generate(
     seconds["load_model"] = time.perf_counter() - t
     check(cancel)
     scfg = SamplerConfig(method=config.method, steps=config.steps, seed=config.seed,
-                         fit_iterations=config.fit_iterations, warm_iterations=config.warm_iterations)
+                         input_elevation=float(config.input_elevation), fit_iterations=config.fit_iterations, warm_iterations=config.warm_iterations)
     scfg = replace(scfg, fit=replace(scfg.fit, device=config.device, **config.fit))
     res = sample(gen, cond, scfg, progress=progress, cancel=cancel)
     seconds.update({f"sample_{k}": v for k, v in res.seconds.items() if k != "total"})

@@ -94,6 +94,15 @@ def draw_model_status(layout, settings, context) -> None:
         col.label(text="Online access is on: downloaded on the first run", icon="INFO")
 
 
+def draw_speed_note(layout) -> None:
+    """What a CPU user should expect (engine/speed.py), wrapped over two lines."""
+    from ..engine.speed import CPU_MINUTES
+
+    col = layout.column(align=True)
+    col.label(text=f"CPU: about {CPU_MINUTES} min per object at full size", icon="TIME")
+    col.label(text="Use an NVIDIA GPU or Apple silicon (Device)", icon="BLANK1")
+
+
 class VIEWFORGE_PT_main(bpy.types.Panel):
     bl_label = "Viewforge"
     bl_idname = "VIEWFORGE_PT_main"
@@ -119,6 +128,7 @@ class VIEWFORGE_PT_main(bpy.types.Panel):
             draw_model_status(box, settings, context)
             box.prop(settings, "steps")
             box.prop(settings, "size")
+            draw_speed_note(box)
         else:
             box = layout.box()
             box.label(text="Cameras", icon="CAMERA_DATA")

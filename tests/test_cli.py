@@ -115,6 +115,7 @@ def test_no_command_prints_usage_and_exits_2(capsys):
         (["generate", "cat.png", "-o", "c.glb", "--steps", "0"], "--steps: must be at least 1"),
         (["generate", "cat.png", "-o", "c.glb", "--size", "-1"], "--size: must be a positive length"),
         (["generate", "cat.png", "-o", "c.glb", "--method", "magic"], "--method: invalid choice"),
+        (["generate", "cat.png", "-o", "c.glb", "--input-elevation", "95"], "--input-elevation: must be an elevation"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -503,3 +504,13 @@ def test_generate_to_blend(bpy_module, disc_png, tmp_path, monkeypatch, capsys):
     bpy_module.ops.wm.open_mainfile(filepath=str(out))
     objs = [o for o in bpy_module.data.objects if o.type == "MESH"]
     assert len(objs) == 1 and len(objs[0].data.polygons) == demo_mesh(DemoConfig(segments=12, rings=8, texture_size=32)).num_faces
+
+
+def test_generate_help_states_the_cpu_time_and_recommends_a_gpu(capsys):
+    from viewforge.engine.speed import CPU_MINUTES
+
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"On a CPU one generation takes about {CPU_MINUTES} minutes at full size" in text
+    assert "NVIDIA GPU" in text and "Apple silicon" in text and "--input-elevation DEG" in text

@@ -421,3 +421,41 @@ def test_shared_single_images():
         assert abs(ccx - 160) <= 1 and abs(ccy - 160) <= 1 and abs(side - 256) <= 2, path.name
         # The prepared image's border is background (the object was centred with a margin).
         assert a[:8].max() < 0.5 and a[-8:].max() < 0.5 and a[:, :8].max() < 0.5 and a[:, -8:].max() < 0.5
+
+
+def test_tiny_photo_is_upsampled_with_a_warning_and_a_huge_one_downscaled_once(caplog, tmp_path, monkeypatch):
+    from viewforge.engine import images
+
+    mask = shape_mask(64, 64, 32, 32, 20)
+    with caplog.at_level(logging.WARNING, logger="viewforge.engine.mvgen.prep"):
+        r = prepare(paint(mask, flat(64, 64, (1, 1, 1))), PrepConfig(size=512, fill=0.85, use_rembg=False))
+    assert r.image.rgba.shape == (512, 512, 4)
+    side = max(r.bbox[2] - r.bbox[0], r.bbox[3] - r.bbox[1])
+    assert f"only {side} px across: upsampled {0.85 * 512 / side:.1f}x" in caplog.text
+    assert "use a larger photo" in caplog.text
+    caplog.clear()
+    calls = []
+    real = images.resize
+    monkeypatch.setattr(images, "resize", lambda img, w, h: calls.append(img.shape) or real(img, w, h))
+    h, w = 600, 8000
+    big = paint(shape_mask(h, w, 4000, 300, 250), flat(h, w, (1, 1, 1)))
+    save_png(tmp_path / "big.png", big)
+    with caplog.at_level(logging.INFO, logger="viewforge.engine.mvgen.prep"):
+        r = prepare(tmp_path / "big.png", PrepConfig(size=512, fill=0.85, use_rembg=False))
+    assert r.scale == pytest.approx(2048 / 8000) and r.alpha.shape == (154, 2048)
+    assert calls[0][:2] == (600, 8000) and sum(c[:2] == (600, 8000) for c in calls) == 1  # once, before matting
+    assert "downscaled" in caplog.text and "upsampled" not in caplog.text
+    assert r.image.rgba.shape == (512, 512, 4)
+
+
+@pytest.mark.parametrize("x0, x1", [(10.3, 30.6), (10.7, 30.2), (0.0, 39.5)])
+def test_object_extent_is_sub_pixel(x0, x1):
+    from viewforge.engine.mvgen.prep import object_bbox, object_extent
+
+    cols = np.clip(np.minimum(np.arange(40) + 1.0 - x0, x1 - np.arange(40)), 0.0, 1.0).astype(np.float32)
+    alpha = np.zeros((20, 40), np.float32)
+    alpha[4:16] = cols
+    ex = object_extent(alpha)
+    assert ex == pytest.approx((x0, 4.0, x1, 16.0), abs=1e-5)
+    bx = object_bbox(alpha)
+    assert abs(bx[0] - x0) <= 0.5 and abs(bx[2] - x1) <= 0.5  # the whole-pixel box is within half a pixel

@@ -254,3 +254,101 @@ def test_incomplete_folder_and_unknown_id(tiny_dir, tmp_path):
         base.load_generator(str(part), device="cpu")
     with pytest.raises(InputError, match="unknown model"):
         base.load_generator("zero123pp-v9", device="cpu")
+
+
+# -- v1.2 input fidelity -------------------------------------------------------------------------
+
+
+def test_pad_token_is_bang_with_and_without_the_special_tokens_file(gen, tiny_dir, tmp_path, caplog):
+    import logging
+
+    assert (tiny_dir / "tokenizer" / "special_tokens_map.json").is_file()
+    assert "tokenizer/special_tokens_map.json" in zero123pp.SPEC.allow_patterns()
+    assert "tokenizer/special_tokens_map.json" not in zero123pp.SPEC.files()  # optional for the check
+    assert gen.tokenizer.pad_token_id == 0 == gen.tokenizer.convert_tokens_to_ids("!")
+    ids = gen.tokenizer("", padding="max_length", max_length=77).input_ids
+    assert ids[2:] == [0] * 75  # bos, eos, then "!" padding
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_dir, bare)
+    (bare / "tokenizer" / "special_tokens_map.json").unlink()
+    from transformers import CLIPTokenizer
+
+    assert CLIPTokenizer.from_pretrained(str(bare / "tokenizer")).pad_token_id == 55  # <|endoftext|> without it
+    with caplog.at_level(logging.WARNING, logger="viewforge.engine.mvgen.zero123pp"):
+        g2 = base.load_generator(str(bare), device="cpu")
+        base.load_generator(str(bare), device="cpu")
+    assert caplog.text.count("special_tokens_map.json") == 1  # warned once
+    assert g2.tokenizer.pad_token_id == 0
+    assert torch.equal(g2._empty_text, gen._empty_text)
+
+
+def test_condition_is_prepared_at_the_configs_size_with_their_filters(gen):
+    from PIL import Image
+
+    assert gen.condition_size == 32 == gen.info.condition_size  # the larger crop (CLIP 32, VAE 16)
+    assert zero123pp.INFO.condition_size == 512 and zero123pp.INFO.condition_fill == 0.85
+    assert gen.vae_cfg["resample"] == 2 and gen.clip_cfg["resample"] == 3
+    rng = np.random.default_rng(0)
+    rgb = rng.random((32, 32, 3)).astype(np.float32)
+    got = gen._preprocess(rgb, gen.vae_cfg)[0].permute(1, 2, 0).numpy()
+    want = np.stack([np.asarray(Image.fromarray(rgb[..., c]).resize((16, 16), Image.BILINEAR)) for c in range(3)], -1)
+    assert np.allclose(got, (np.clip(want, 0, 1) - 0.5) / 0.8, atol=1e-5)
+    bicubic = np.stack([np.asarray(Image.fromarray(rgb[..., c]).resize((16, 16), Image.BICUBIC)) for c in range(3)], -1)
+    assert not np.allclose(got, (np.clip(bicubic, 0, 1) - 0.5) / 0.8, atol=1e-3)
+    big = base.ConditionImage(np.concatenate([rgb, np.ones((32, 32, 1), np.float32)], 2))
+    assert tuple(gen.condition(big).latent.shape) == (2, 4, 8, 8)  # 16 px VAE crop / 2
+
+
+@pytest.mark.parametrize("edit, says", [
+    ({"crop_size": {"height": 18, "width": 18}, "size": {"shortest_edge": 18}}, "not a multiple of 4"),
+    ({"image_std": [0.5, 0.5, 0.5]}, "std"),
+    ({"crop_size": {"height": 24, "width": 24}}, "crops 24 px from a 16 px resize"),
+])
+def test_preprocessor_config_that_disagrees_with_the_vae_is_a_one_line_error(tiny_dir, tmp_path, edit, says):
+    import json
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dir, bad)
+    p = bad / "feature_extractor_vae" / "preprocessor_config.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), **edit}))
+    with pytest.raises(InputError, match=says) as e:
+        base.load_generator(str(bad), device="cpu")
+    assert "\n" not in str(e.value) and "Fix:" in str(e.value)
+
+
+def test_reference_noise_follows_the_seed(gen):
+    a, b, c = gen.condition(_image(), seed=0), gen.condition(_image(), seed=0), gen.condition(_image(), seed=3)
+    assert torch.equal(a.ref_noise, b.ref_noise) and not torch.allclose(a.ref_noise, c.ref_noise)
+    assert torch.equal(a.latent, c.latent)
+
+
+def test_sampler_passes_its_seed_and_elevation(gen, monkeypatch):
+    from viewforge.engine.sampling import aware
+
+    seen = {}
+    real = gen.condition
+
+    def spy(image, seed=0):
+        seen["seed"] = seed
+        return real(image, seed)
+
+    monkeypatch.setattr(gen, "condition", spy)
+    cfg = aware.SamplerConfig(method="oneshot", steps=1, seed=5, input_elevation=20.0, fit_iterations=30,
+                              warm_iterations=10)
+    res = aware.sample(gen, _image(), cfg)
+    assert seen["seed"] == 5
+    c = -res.reference_camera.world_to_camera[:3, :3].T @ res.reference_camera.world_to_camera[:3, 3]
+    assert math.degrees(math.asin(c[2] / np.linalg.norm(c))) == pytest.approx(20.0)
+    with pytest.raises(InputError, match="elevation"):
+        aware.sample(gen, _image(), dataclasses.replace(cfg, input_elevation=95.0))
+
+
+def test_v12_geometry_and_full_size_shapes():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    assert zero123pp.DISTANCE == pytest.approx(0.5 / math.tan(math.radians(15.0)))
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**zero123pp.FULL_UNET)
+        vae = AutoencoderKL(**zero123pp.FULL_VAE)
+    assert sum(p.numel() for p in unet.parameters()) == 865_910_724
+    assert sum(p.numel() for p in vae.parameters()) == 83_653_863

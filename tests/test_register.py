@@ -176,6 +176,11 @@ def test_panels_draw_the_operators_and_settings(blender):
     assert "Licence: CC-BY-NC-4.0 (non-commercial)" in labels and "Download: about 3.9 GB" in labels
     assert "Online access is off (Preferences > System > Network): no download" in labels
     assert not any("not available" in (t or "").lower() for t in labels)
+    from viewforge.engine.speed import CPU_MINUTES  # what a CPU user should expect, and what to use
+
+    assert f"CPU: about {CPU_MINUTES} min per object at full size" in labels
+    assert "Use an NVIDIA GPU or Apple silicon (Device)" in labels
+    assert not any("CPU: about" in (e[1] or "") for e in main_log if e[0] == "label")
 
 
 @pytest.mark.blender

@@ -169,6 +169,10 @@ class GeneratorInfo:
     num_views, view_size: views per generation and their side in pixels.
     rig: "fixed" (the model's own cameras) or "free" (any cameras).
     background: the RGB colour the model puts behind the object (views are matted against it).
+    condition_size: side in pixels the condition image is prepared at (the model's largest
+        preprocessor crop: 512 for Zero123++ v1.2's VAE branch).
+    condition_fill: the fraction of that side the object's longest bounding-box side is
+        normalised to, the framing that agrees with the generator's reference camera.
     """
 
     id: str
@@ -181,6 +185,8 @@ class GeneratorInfo:
     view_size: int = 320
     rig: Literal["fixed", "free"] = "fixed"
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    condition_size: int = 320
+    condition_fill: float = 0.8
 
 
 class MultiViewGenerator(Protocol):
@@ -193,9 +199,13 @@ class MultiViewGenerator(Protocol):
 
     def cameras(self) -> list[Camera]: ...
 
-    def reference_camera(self) -> Camera: ...
+    def reference_camera(self, elevation_deg: float = 0.0) -> Camera:
+        """The condition image's camera, ``elevation_deg`` above the object."""
+        ...
 
-    def condition(self, image: ConditionImage) -> Any: ...
+    def condition(self, image: ConditionImage, seed: int = 0) -> Any:
+        """Encode ``image`` once per job; ``seed`` (the sampler's) seeds any noise it draws."""
+        ...
 
     def initial_noise(self, seed: int) -> "torch.Tensor": ...
 

@@ -153,14 +153,24 @@ class PerturbedOracle:
     def cameras(self) -> list[Camera]:
         return list(self._cameras)
 
-    def reference_camera(self) -> Camera:
-        return self._reference_cam
+    def reference_camera(self, elevation_deg: float = 0.0) -> Camera:
+        """The reference camera it was built with; with ``elevation_deg`` != 0 the same camera
+        (distance, FoV, azimuth 0) raised to that elevation."""
+        if not elevation_deg:
+            return self._reference_cam
+        from .base import orbit_camera
+
+        c = self._reference_cam
+        w2c = c.world_to_camera
+        dist = float(np.linalg.norm(-w2c[:3, :3].T @ w2c[:3, 3]))
+        fov = math.degrees(2.0 * math.atan(0.5 * c.width / c.fx))
+        return orbit_camera(0.0, float(elevation_deg), dist, fov, c.width, name=c.name)
 
     def condition_image(self) -> ConditionImage:
         """The reference view as a condition image (what a user's photo would be)."""
         return ConditionImage(self._reference, source="oracle reference")
 
-    def condition(self, image: ConditionImage) -> Any:
+    def condition(self, image: ConditionImage, seed: int = 0) -> Any:
         return image
 
     def initial_noise(self, seed: int) -> "torch.Tensor":

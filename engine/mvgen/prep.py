@@ -12,7 +12,7 @@ its bounding box centred and its longest side spanning ``fill`` of the side.
 2. **Clean-up.** The largest connected components are kept, small holes inside the object filled,
    the edge feathered (:func:`clean_alpha`).
 3. **Recentre.** The object (alpha > ``alpha_threshold``) is scaled so its bounding box's longest
-   side spans ``fill * size`` pixels and its centre lands on the image centre (one exact affine
+   side (measured to a fraction of a pixel, :func:`object_extent`) spans ``fill * size`` pixels and its centre lands on the image centre (one exact affine
    resampling of premultiplied colour; see :func:`recentre`).
 
 Border matting, the model:
@@ -53,13 +53,21 @@ from .base import ConditionImage
 
 log = logging.getLogger(__name__)
 
+#: An object upsampled by more than this to the condition size gets a warning (soft detail): for
+#: Zero123++ v1.2 an object under 87 px across. Milder upsampling is what v1.2's own pipeline
+#: does with its usual 256-320 px inputs (its VAE branch resizes them to 512).
+MAX_UPSAMPLE = 5.0
+
 
 @dataclass(frozen=True)
 class PrepConfig:
     """How an input image is prepared. Distances are Euclidean RGB distances of [0, 1] colours.
 
-    size: side of the square output image in pixels (Zero123++ takes 320).
-    fill: the object's longest bounding-box side divided by the image side, in (0, 1].
+    size: side of the square output image in pixels (default 320; generate prepares at the
+        generator's ``GeneratorInfo.condition_size``, 512 for Zero123++ v1.2's VAE branch).
+    fill: the object's longest bounding-box side divided by the image side, in (0, 1]; generate
+        uses the generator's ``GeneratorInfo.condition_fill`` (0.85 for Zero123++ v1.2), so an
+        input of any framing becomes the same condition image, which agrees with the rig's framing.
     bg_low: colour distance to the background at or below which a pixel is background (alpha 0);
         raised to ``noise_factor`` times the background's measured noise when that is larger.
     bg_high: the distance at which alpha reaches 1 is ``low + (bg_high - bg_low)``.
@@ -472,9 +480,30 @@ def object_bbox(alpha: np.ndarray, threshold: float = 0.5) -> tuple[int, int, in
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
+def object_extent(alpha: np.ndarray, threshold: float = 0.5) -> tuple[float, float, float, float] | None:
+    """(x0, y0, x1, y1) of the object in continuous pixel coordinates (pixel i covers [i, i+1]),
+    to a fraction of a pixel: :func:`object_bbox`'s edges moved by the anti-aliased coverage of
+    the edge pixels (the largest alpha of each column / row, and of its outer neighbour), so the
+    measured size does not jump by a whole pixel with the framing. None if there is no object."""
+    box = object_bbox(alpha, threshold)
+    if box is None:
+        return None
+    a = np.clip(np.asarray(alpha, np.float32), 0.0, 1.0)
+    out = []
+    for prof, lo, hi in ((a.max(axis=0), box[0], box[2]), (a.max(axis=1), box[1], box[3])):
+        i0, i1 = lo, hi - 1
+        before = float(prof[i0 - 1]) if i0 > 0 else 0.0
+        after = float(prof[i1 + 1]) if i1 + 1 < len(prof) else 0.0
+        # a step edge at e covers pixel i by clip(i + 1 - e, 0, 1): e = i0 + (1 - c_i0) - c_(i0-1)
+        out.append((i0 + (1.0 - float(prof[i0])) - before, i1 + float(prof[i1]) + after))
+    (x0, x1), (y0, y1) = out
+    return x0, y0, x1, y1
+
+
 def recentre(rgb: np.ndarray, alpha: np.ndarray, size: int, fill: float, threshold: float = 0.5) -> np.ndarray:
     """(size, size, 4) float32 straight RGBA: the object (alpha > threshold) scaled so its bounding
-    box's longest side spans ``fill * size`` and its centre is the image centre.
+    box's longest side (:func:`object_extent`, to a fraction of a pixel) spans ``fill * size`` and
+    its centre is the image centre.
 
     Continuous pixel coordinates (pixel i covers [i, i+1]) map as ``u' = s (u - c) + size / 2``.
     Premultiplied colour and alpha are resampled together (area filter for the bulk of a
@@ -483,10 +512,10 @@ def recentre(rgb: np.ndarray, alpha: np.ndarray, size: int, fill: float, thresho
     cv2 = _cv2()
     from ..images import resize
 
-    bbox = object_bbox(alpha, threshold)
-    if bbox is None:
+    ext = object_extent(alpha, threshold)
+    if ext is None:
         raise ImageError("no object to recentre", "give an image with an object")
-    x0, y0, x1, y1 = bbox
+    x0, y0, x1, y1 = ext
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     s = fill * size / max(x1 - x0, y1 - y0)
     a = np.clip(alpha, 0.0, 1.0).astype(np.float32)
@@ -585,6 +614,12 @@ def prepare(source: str | os.PathLike | np.ndarray, config: PrepConfig = PrepCon
     assert box is not None
     bx = tuple(int(round(v / scale)) for v in box)
     bbox = (min(bx[0], w0), min(bx[1], h0), min(bx[2], w0), min(bx[3], h0))
+    side = max(bbox[2] - bbox[0], bbox[3] - bbox[1])  # in the photo's own pixels
+    up = config.fill * config.size / max(side, 1)
+    if up > MAX_UPSAMPLE:
+        log.warning("the object in %s is only %d px across: upsampled %.1fx to the %d px condition image, so its "
+                    "detail will be soft; use a larger photo (the object at least %d px across)", name, side, up,
+                    config.size, int(np.ceil(config.fill * config.size / MAX_UPSAMPLE)))
     seconds = time.perf_counter() - t0
     log.debug("prepared %s: %s, object %.1f%% of the image, %.2f s", name, method, 100 * frac, seconds)
     return PrepResult(

@@ -28,12 +28,15 @@ class Component:
     folder: sub-folder name ("unet"). config: its config file name.
     weights: the safetensors file name, None for weight-less parts (tokenizer, scheduler).
     extra: other files it needs (tokenizer vocabulary).
+    optional: files fetched when the snapshot has them but not required by the folder check
+        (the tokenizer's ``special_tokens_map.json``).
     """
 
     folder: str
     config: str
     weights: str | None = None
     extra: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
 
     def files(self) -> list[str]:
         out = [f"{self.folder}/{self.config}"]
@@ -41,6 +44,9 @@ class Component:
             out.append(f"{self.folder}/{self.weights}")
         out += [f"{self.folder}/{e}" for e in self.extra]
         return out
+
+    def optional_files(self) -> list[str]:
+        return [f"{self.folder}/{e}" for e in self.optional]
 
 
 @dataclass(frozen=True)
@@ -59,9 +65,17 @@ class ModelSpec:
     root_files: tuple[str, ...] = ("model_index.json",)
 
     def files(self) -> list[str]:
+        """The required files (the folder check)."""
         out = list(self.root_files)
         for c in self.components:
             out += c.files()
+        return out
+
+    def allow_patterns(self) -> list[str]:
+        """Everything the download fetches: the required files and the optional ones."""
+        out = self.files()
+        for c in self.components:
+            out += c.optional_files()
         return out
 
 
@@ -126,7 +140,7 @@ def fetch(spec: ModelSpec, *, allow_download: bool = False, cache_dir: str | Pat
         path = snapshot_download(
             spec.repo_id,
             revision=spec.revision,
-            allow_patterns=spec.files(),
+            allow_patterns=spec.allow_patterns(),
             local_files_only=not allow_download,
             cache_dir=str(cache_dir) if cache_dir is not None else None,
         )

@@ -70,6 +70,9 @@ INFO = GeneratorInfo(
     view_size=320,
     rig="fixed",
     background=BACKGROUND,
+    # v1.2's feature_extractor_vae: shortest edge 512, crop 512 (the CLIP one takes 224 from it).
+    condition_size=512,
+    condition_fill=0.85,  # CONDITION_FILL
 )
 
 register(RegistryEntry(INFO, ".zero123pp:load"))
@@ -85,7 +88,10 @@ SPEC = ModelSpec(
         Component("vae", "config.json", "diffusion_pytorch_model.safetensors"),
         Component("text_encoder", "config.json", "model.safetensors"),
         Component("vision_encoder", "config.json", "model.safetensors"),
-        Component("tokenizer", "tokenizer_config.json", None, ("vocab.json", "merges.txt")),
+        # special_tokens_map.json holds v1.2's pad token "!" (SD2-era layout); optional: without it
+        # the loader sets that pad token itself (Zero123PlusGenerator._check_pad_token).
+        Component("tokenizer", "tokenizer_config.json", None, ("vocab.json", "merges.txt"),
+                  optional=("special_tokens_map.json",)),
         Component("scheduler", "scheduler_config.json"),
         Component("feature_extractor_clip", "preprocessor_config.json"),
         Component("feature_extractor_vae", "preprocessor_config.json"),
@@ -101,9 +107,15 @@ SPEC = ModelSpec(
 AZIMUTHS = (30.0, 90.0, 150.0, 210.0, 270.0, 330.0)
 ELEVATIONS = (20.0, -10.0, 20.0, -10.0, 20.0, -10.0)
 FOV_DEG = 30.0
-#: Camera distance of v1.2's views for an object normalised to the unit sphere: the radius
-#: InstantMesh (the reconstructor trained on v1.2's outputs) uses with FoV 30.
-DISTANCE = 4.0
+#: v1.2 normalises the object to a fixed size whatever the input's framing: about a sphere of
+#: radius 0.5 seen from 0.5 / tan(15 deg) with FoV 30, i.e. the sphere fills the frame (the model
+#: authors' description). The scale of the frame is arbitrary; the ratio and the FoV are not.
+OBJECT_RADIUS = 0.5
+DISTANCE = OBJECT_RADIUS / math.tan(math.radians(FOV_DEG / 2.0))
+#: The fraction of the condition image's side the object's longest bounding-box side is
+#: normalised to (engine/mvgen/prep.py) so that it agrees with the rig's framing: InstantMesh,
+#: the reconstructor trained on v1.2's views, resizes its inputs' foreground to 0.85.
+CONDITION_FILL = 0.85
 GRID_ROWS, GRID_COLS = 3, 2
 
 # The public pipeline's scalings (sample space <-> VAE latent, pixels <-> VAE input).
@@ -231,7 +243,75 @@ class Zero123Condition:
 
 
 def _proc_cfg(folder: Path, name: str) -> dict:
-    return json.loads((folder / name / "preprocessor_config.json").read_text())
+    path = folder / name / "preprocessor_config.json"
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc}", "copy the model folder's preprocessor configs again") from None
+
+
+#: Tokenizer folders already warned about (the warning is given once per folder and process).
+_PAD_WARNED: set[str] = set()
+
+
+def _check_pad_token(tokenizer, folder: Path) -> None:
+    """v1.2 pads the empty prompt with "!" (id 0), set by ``tokenizer/special_tokens_map.json``
+    (SD2-era layout). Without that file transformers pads with ``<|endoftext|>`` and the prompt
+    states at positions 2-76 change: then the pad token is set to "!" here, with a warning."""
+    if (folder / "tokenizer" / "special_tokens_map.json").is_file():
+        return
+    bang = tokenizer.convert_tokens_to_ids("!")
+    if tokenizer.pad_token_id == bang:
+        return
+    key = str(folder.resolve())
+    if key not in _PAD_WARNED:
+        _PAD_WARNED.add(key)
+        log.warning("model folder %s has no tokenizer/special_tokens_map.json: padding the prompt with '!' "
+                    "(id %s) as Zero123++ v1.2 does, not %r", folder, bang, tokenizer.pad_token)
+    tokenizer.pad_token = "!"
+
+
+def _check_preprocessors(folder: Path, vae_cfg: dict, clip_cfg: dict, vae_factor: int, unet_factor: int) -> int:
+    """The side the condition image is prepared at (the larger of the two crops), after checking
+    that the preprocessor configs agree with the VAE and the UNet; one-line InputError if not."""
+    fix = "use the model's own feature_extractor_vae / feature_extractor_clip preprocessor_config.json"
+    sizes = {}
+    for name, cfg in (("feature_extractor_vae", vae_cfg), ("feature_extractor_clip", clip_cfg)):
+        try:
+            short = _edge(cfg["size"], "shortest_edge") if cfg.get("do_resize", True) else None
+            crop = _edge(cfg["crop_size"], "height") if cfg.get("do_center_crop", True) else short
+            resample = int(cfg.get("resample", 3))
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"model folder {folder}: {name} has no usable size/crop_size", fix) from None
+        if crop is None or crop < 1 or (short is not None and crop > short):
+            raise InputError(f"model folder {folder}: {name} crops {crop} px from a {short} px resize", fix)
+        if resample not in _PIL_FILTERS:
+            raise InputError(f"model folder {folder}: {name} has an unknown resample filter {resample}", fix)
+        sizes[name] = crop
+    crop = sizes["feature_extractor_vae"]
+    if crop % (vae_factor * unet_factor):
+        raise InputError(f"model folder {folder}: feature_extractor_vae crops {crop} px, not a multiple of "
+                         f"{vae_factor * unet_factor} (the VAE's factor {vae_factor} times the UNet's {unet_factor})", fix)
+    mean = np.broadcast_to(np.asarray(vae_cfg.get("image_mean", 0.5), np.float64), (3,))
+    std = np.broadcast_to(np.asarray(vae_cfg.get("image_std", 0.5), np.float64), (3,))
+    if not (np.allclose(mean, 0.5) and np.allclose(std, 0.5 / IMAGE_SCALE)):
+        raise InputError(f"model folder {folder}: feature_extractor_vae normalises with mean {mean.tolist()} and std "
+                         f"{std.tolist()}, but its VAE encodes views as (p - 0.5) / {0.5 / IMAGE_SCALE:g}", fix)
+    return max(sizes.values())
+
+
+#: PIL's resample codes in preprocessor configs (nearest 0, lanczos 1, bilinear 2, bicubic 3, box 4, hamming 5).
+_PIL_FILTERS = (0, 1, 2, 3, 4, 5)
+
+
+def pil_resize(img: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
+    """(H, W, C) float32 -> (h, w, C) resized to ``size`` = (w, h) with PIL's filter ``resample``
+    (what CLIPImageProcessor uses), channel by channel in float (no 8-bit rounding)."""
+    from PIL import Image
+
+    chans = [np.asarray(Image.fromarray(np.ascontiguousarray(img[..., c], np.float32)).resize(size, resample=resample))
+             for c in range(img.shape[2])]
+    return np.stack(chans, axis=-1).astype(np.float32)
 
 
 def _edge(value, key: str) -> int:
@@ -265,6 +345,7 @@ class Zero123PlusGenerator:
         self.vision_encoder = CLIPVisionModelWithProjection.from_pretrained(
             str(folder / "vision_encoder"), dtype=dtype, use_safetensors=True).to(device).eval()
         self.tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+        _check_pad_token(self.tokenizer, folder)
         self.clip_cfg = _proc_cfg(folder, "feature_extractor_clip")
         self.vae_cfg = _proc_cfg(folder, "feature_extractor_vae")
         index = json.loads((folder / "model_index.json").read_text())
@@ -275,7 +356,9 @@ class Zero123PlusGenerator:
         if self.view_size % self.vae_factor:
             raise InputError(f"view size {self.view_size} is not a multiple of the VAE's factor {self.vae_factor}",
                              "fix view_size in the model folder's marker file")
-        self.info = info if info.view_size == self.view_size else _replace(info, view_size=self.view_size)
+        unet_factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        self.condition_size = _check_preprocessors(folder, self.vae_cfg, self.clip_cfg, self.vae_factor, unet_factor)
+        self.info = _replace(info, view_size=self.view_size, condition_size=self.condition_size)
         self._bank = _install_reference_attention(self.unet)
         with torch.no_grad():
             self._empty_text = self._encode_empty_prompt()  # (1, L, D)
@@ -290,8 +373,11 @@ class Zero123PlusGenerator:
         return [orbit_camera(a, e, DISTANCE, FOV_DEG, self.view_size, name=f"zero123pp_{i}")
                 for i, (a, e) in enumerate(zip(AZIMUTHS, ELEVATIONS))]
 
-    def reference_camera(self) -> Camera:
-        return orbit_camera(0.0, 0.0, DISTANCE, FOV_DEG, self.view_size, name="zero123pp_input")
+    def reference_camera(self, elevation_deg: float = 0.0) -> Camera:
+        """The condition image's camera: azimuth 0, ``elevation_deg`` above the object (0: the
+        photo was taken level; v1.2's rig elevations are absolute, so a photo from above is
+        anchored above), v1.2's distance and FoV."""
+        return orbit_camera(0.0, float(elevation_deg), DISTANCE, FOV_DEG, self.view_size, name="zero123pp_input")
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
@@ -309,18 +395,19 @@ class Zero123PlusGenerator:
         return self.text_encoder(ids)[0].float()  # (1, L, D) last hidden state
 
     def _preprocess(self, rgb: np.ndarray, cfg: dict):
-        """(S, S, 3) float RGB -> (1, 3, crop, crop) normalised like a CLIPImageProcessor."""
+        """(S, S, 3) float RGB -> (1, 3, crop, crop) normalised like a CLIPImageProcessor: its
+        shortest-edge resize with the config's own PIL ``resample`` filter (v1.2: bicubic for
+        CLIP, bilinear for the VAE), centre crop, normalisation."""
         import torch
-        import torch.nn.functional as F
 
-        x = torch.from_numpy(np.ascontiguousarray(rgb, np.float32)).permute(2, 0, 1)[None]
+        img = np.ascontiguousarray(rgb, np.float32)
         if cfg.get("do_resize", True):
-            short = _edge(cfg.get("size", x.shape[-1]), "shortest_edge")
-            h, w = x.shape[-2:]
-            scale = short / min(h, w)
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            if size != (h, w):
-                x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+            short = _edge(cfg.get("size", img.shape[1]), "shortest_edge")
+            h, w = img.shape[:2]
+            if min(h, w) != short:  # transformers' shortest-edge rule: the long side is truncated
+                size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+                img = pil_resize(img, size, int(cfg.get("resample", 3)))
+        x = torch.from_numpy(img).permute(2, 0, 1)[None]
         if cfg.get("do_center_crop", True):
             crop = _edge(cfg.get("crop_size", x.shape[-1]), "height")
             h, w = x.shape[-2:]
@@ -345,7 +432,8 @@ class Zero123PlusGenerator:
         return self._negative_latent
 
     def condition(self, image: ConditionImage, seed: int = 0) -> Zero123Condition:
-        """CLIP embedding + VAE latent of ``image`` on the grey background (see the class docs)."""
+        """CLIP embedding + VAE latent of ``image`` on the grey background (see the class docs).
+        ``seed``: the sampler's seed, which the reference-latent noise follows."""
         import torch
 
         rgba = np.asarray(image.rgba, np.float32)
@@ -583,6 +671,10 @@ def _write_tiny_tokenizer(folder: Path, max_length: int) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "CLIPTokenizer", "model_max_length": max_length, "do_lower_case": True,
         "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>"}, indent=1))
+    # SD2-era layout: the pad token "!" is set here, not in tokenizer_config.json.
+    (folder / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
         "pad_token": "!"}, indent=1))
 
 
@@ -591,46 +683,78 @@ def save_tiny(path: str | Path, seed: int = 0, view_size: int = 16) -> Path:
     (UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPVisionModelWithProjection, a
     CLIP tokenizer with a 56-token vocabulary, the scheduler and preprocessor configs, the
     marker) as safetensors; views are ``view_size`` px (the VAE downsamples by 2)."""
+    dim = 32
+    unet = dict(sample_size=GRID_COLS * view_size // 2, in_channels=4, out_channels=4, layers_per_block=1,
+                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=dim, attention_head_dim=(2, 4),
+                use_linear_projection=True, norm_num_groups=8)
+    vae = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+               up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+               latent_channels=4, norm_num_groups=4, sample_size=view_size)
+    text = dict(vocab_size=56, hidden_size=dim, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=77, projection_dim=dim, pad_token_id=0, bos_token_id=54, eos_token_id=55,
+                hidden_act="gelu")
+    vision = dict(hidden_size=dim, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8, projection_dim=dim, hidden_act="gelu")
+    return _save_random(Path(path), seed, view_size, unet, vae, text, vision, clip_size=32, vae_size=view_size)
+
+
+#: The shapes of the real v1.2 components (an SD2 UNet and SD VAE, OpenCLIP-H text and vision
+#: encoders; the parameter counts are those of v1.2's files): :func:`save_full_random`.
+FULL_UNET = dict(sample_size=96, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280, 1280),
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=1024,
+                 attention_head_dim=(5, 10, 20, 20), use_linear_projection=True, norm_num_groups=32)
+FULL_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                latent_channels=4, norm_num_groups=32, sample_size=768, scaling_factor=0.18215)
+FULL_TEXT = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                 num_attention_heads=16, max_position_embeddings=77, projection_dim=512, pad_token_id=0,
+                 bos_token_id=54, eos_token_id=55, hidden_act="gelu")
+FULL_VISION = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                   image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu")
+
+
+def save_full_random(path: str | Path, seed: int = 0, dtype: str = "float16") -> Path:
+    """Save a randomly initialised Zero123++ with the real v1.2 shapes (FULL_* configs, 320 px
+    views, v1.2's preprocessor configs: CLIP 224 bicubic, VAE 512 bilinear) in ``dtype``
+    safetensors (about 3.8 GB in float16). Random weights make its output meaningless but its
+    compute that of the real model: for timings (bench/gpu.py). The tokenizer is the tiny one
+    (the empty prompt's 77 positions are all that is encoded)."""
+    return _save_random(Path(path), seed, 320, FULL_UNET, FULL_VAE, FULL_TEXT, FULL_VISION, clip_size=224,
+                        vae_size=512, dtype=dtype)
+
+
+def _save_random(folder: Path, seed: int, view_size: int, unet_cfg: dict, vae_cfg: dict, text_cfg: dict,
+                 vision_cfg: dict, *, clip_size: int, vae_size: int, dtype: str = "float32") -> Path:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    dim, tokens = 32, 77
-    unet = UNet2DConditionModel(
-        sample_size=GRID_COLS * view_size // 2, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=dim, attention_head_dim=(2, 4),
-        use_linear_projection=True, norm_num_groups=8)
-    unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-                        latent_channels=4, norm_num_groups=4, sample_size=view_size)
-    vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
+    tdtype = _resolve_dtype(dtype, torch.device("cpu"))
+    tokens = int(text_cfg["max_position_embeddings"])
+    UNet2DConditionModel(**unet_cfg).to(tdtype).save_pretrained(str(folder / "unet"), safe_serialization=True)
+    AutoencoderKL(**vae_cfg).to(tdtype).save_pretrained(str(folder / "vae"), safe_serialization=True)
     _write_tiny_tokenizer(folder / "tokenizer", tokens)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=56, hidden_size=dim, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=2, max_position_embeddings=tokens, projection_dim=dim,
-                                        pad_token_id=0, bos_token_id=54, eos_token_id=55, hidden_act="gelu"))
-    text.save_pretrained(str(folder / "text_encoder"))
-    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=dim, intermediate_size=64, num_hidden_layers=2,
-                                                            num_attention_heads=2, image_size=32, patch_size=8,
-                                                            projection_dim=dim, hidden_act="gelu"))
-    vision.save_pretrained(str(folder / "vision_encoder"))
+    CLIPTextModel(CLIPTextConfig(**text_cfg)).to(tdtype).save_pretrained(str(folder / "text_encoder"))
+    CLIPVisionModelWithProjection(CLIPVisionConfig(**vision_cfg)).to(tdtype).save_pretrained(
+        str(folder / "vision_encoder"))
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({
         "_class_name": "EulerAncestralDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
         "beta_schedule": "linear", "num_train_timesteps": 1000, "prediction_type": "v_prediction",
         "steps_offset": 1, "timestep_spacing": "linspace"}, indent=1))
-    for name, size, mean, std in (("feature_extractor_clip", 32, _CLIP_MEAN, _CLIP_STD),
-                                  ("feature_extractor_vae", view_size, [0.5] * 3, [0.8] * 3)):
+    for name, size, mean, std, resample in (("feature_extractor_clip", clip_size, _CLIP_MEAN, _CLIP_STD, 3),
+                                            ("feature_extractor_vae", vae_size, [0.5] * 3, [0.8] * 3, 2)):
         (folder / name).mkdir(exist_ok=True)
         (folder / name / "preprocessor_config.json").write_text(json.dumps({
             "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": size},
             "do_center_crop": True, "crop_size": {"height": size, "width": size}, "do_rescale": True,
             "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": mean, "image_std": std,
-            "resample": 3, "do_convert_rgb": True}, indent=1))
+            "resample": resample, "do_convert_rgb": True}, indent=1))
     rng = np.random.default_rng(seed)
     ramp = np.clip(np.linspace(0.0, 0.3, tokens) + 0.02 * rng.standard_normal(tokens), 0.0, None)
     (folder / "model_index.json").write_text(json.dumps({

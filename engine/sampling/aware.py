@@ -73,7 +73,9 @@ class SamplerConfig:
     im3d_steps: plain steps per IM-3D round (default 2). im3d_strength: the noise level a round
         starts from, as a fraction of the schedule (default 0.5).
     fit: the fit's other settings (iterations are set from the fields above).
-    seed: noise seed.
+    seed: noise seed (also the generator's condition noise: Zero123++'s reference-latent noise).
+    input_elevation: elevation in degrees of the condition image's camera above the object
+        (default 0: the photo is assumed level); the default anchor's camera is raised by it.
     """
 
     method: Literal["oneshot", "aware", "im3d"] = "aware"
@@ -87,6 +89,7 @@ class SamplerConfig:
     im3d_strength: float = 0.5
     fit: FitConfig = SAMPLER_FIT
     seed: int = 0
+    input_elevation: float = 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -233,7 +236,10 @@ def sample(gen: "MultiViewGenerator", image: "ConditionImage", config: SamplerCo
         raise InputError(f"{len(cams)} rig cameras for a generator of {len(gen.cameras())} views",
                          "give one camera per generated view")
     if anchors is None:
-        ref_cam = gen.reference_camera()
+        if not -89.0 <= float(cfg.input_elevation) <= 89.0:
+            raise InputError(f"input elevation {cfg.input_elevation} degrees is outside [-89, 89]",
+                             "give the photo's camera elevation above the object in degrees (0: level)")
+        ref_cam = gen.reference_camera(float(cfg.input_elevation)) if cfg.input_elevation else gen.reference_camera()
         anchors = [Anchor(_reference_view(image, ref_cam), ref_cam, name="condition")]
     else:
         anchors = list(anchors)
@@ -289,7 +295,7 @@ def sample(gen: "MultiViewGenerator", image: "ConditionImage", config: SamplerCo
 
     evals0 = int(gen.evaluations)
     t_start = time.perf_counter()
-    cond = gen.condition(image)
+    cond = gen.condition(image, seed=int(cfg.seed))
     seconds["condition"] = time.perf_counter() - t_start
     x = gen.initial_noise(cfg.seed)
     splats = None
