@@ -155,7 +155,9 @@ def _task_body(job: PlannedJob, cpus: float, progress_actor: Any) -> dict[str, A
     result, error = process.result, process.error
     if error is None and result is not None:
         write_record(job, result)
-    return job_outcome(job.spec, time.perf_counter() - t0, result, error).to_dict()
+    outcome = job_outcome(job.spec, time.perf_counter() - t0, result, error)
+    outcome.metrics["ray_node"] = import_ray().get_runtime_context().get_node_id()
+    return outcome.to_dict()
 
 
 class _Progress:
