@@ -123,6 +123,7 @@ def probe_output(out: str | os.PathLike) -> None:
     state = Path(out) / STATE_DIR
     probe = state / f"probe-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        state.mkdir(exist_ok=True)
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:

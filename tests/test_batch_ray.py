@@ -22,7 +22,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from viewforge import cli  # noqa: E402
-from viewforge.engine.batch import STATE_DIR, BatchConfig, batch_lock, plan_batch, sha256_file  # noqa: E402
+from viewforge.engine.batch import STATE_DIR, BatchConfig, batch_lock, plan_batch, record_matches, sha256_file  # noqa: E402
 from viewforge.engine.batch_ray import RayConfig, probe_output, run_plan_ray  # noqa: E402
 from viewforge.engine.errors import Cancelled, DependencyError, OutputError  # noqa: E402
 
@@ -31,9 +31,10 @@ from test_jobs import sphere_posed_set  # noqa: E402
 HERE = Path(__file__).resolve().parent
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 # Ray's workers (and the job processes they start) import this module's job functions by name.
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
-MARKERS = Path(tempfile.mkdtemp(prefix="vf-ray-markers-"))
-os.environ["VF_TEST_MARKERS"] = str(MARKERS)
+if str(HERE) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+# where the crashing jobs count their runs (one folder for the test and every process it starts)
+MARKERS = Path(os.environ.setdefault("VF_TEST_MARKERS", tempfile.mkdtemp(prefix="vf-ray-markers-")))
 
 TINY = ["--quality", "draft", "--format", "ply", "--resolution", "16", "--iterations", "15", "--device", "cpu"]
 
@@ -139,9 +140,8 @@ def two_nodes():
     """A simulated two-node Ray cluster of one CPU each (one head, one worker node)."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "object_store_memory": 100 << 20,
-        "temp_dir": tempfile.mkdtemp(prefix="vf-ray-", dir="/tmp")})  # fmt: skip
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                            "object_store_memory": 100 << 20})  # fmt: skip
     cluster.add_node(num_cpus=1, object_store_memory=100 << 20)
     ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
     cluster.wait_for_nodes()
@@ -168,8 +168,16 @@ def six_items(tmp_path_factory, tiny_model):
 def _plan(src, out, model, **kw):
     plan = plan_batch(src, out, tiny_config(model), **kw)
     kinds = {"crash": "test_batch_ray:crash_once_job", "dies": "test_batch_ray:always_crash_job"}
-    jobs = tuple(replace(j, spec=replace(j.spec, kind=kinds.get(j.item.name, j.spec.kind))) for j in plan.jobs)
-    return replace(plan, jobs=jobs)
+    return _with_kinds(plan, kinds)
+
+
+def _with_kinds(plan, kinds):
+    """The plan with some jobs' kinds replaced (job functions of this module); skip as plan_batch decides it."""
+    jobs = []
+    for j in plan.jobs:
+        spec = replace(j.spec, kind=kinds.get(j.item.name, j.spec.kind))
+        jobs.append(replace(j, spec=spec, skip=record_matches(spec, j.record)))
+    return replace(plan, jobs=tuple(jobs))
 
 
 def test_two_nodes_crashes_bad_input_and_resume(two_nodes, six_items, tmp_path):
@@ -197,9 +205,7 @@ def test_two_nodes_crashes_bad_input_and_resume(two_nodes, six_items, tmp_path):
     hashes = {p.name: sha256_file(p) for p in out.glob("*.ply")}
 
     # resume: the lost job now runs (as a plain reconstruct), the finished ones are skipped
-    plan = _plan(src, out, model)
-    plan = replace(plan, jobs=tuple(replace(j, spec=replace(j.spec, kind="reconstruct")) if j.item.name == "dies" else j
-                                    for j in plan.jobs))  # fmt: skip
+    plan = _with_kinds(plan_batch(src, out, tiny_config(model)), {"crash": "test_batch_ray:crash_once_job"})
     assert [j.item.name for j in plan.todo] == ["bad", "dies"]
     with batch_lock(plan.out):
         rows = run_plan_ray(plan, tiny_config(model), RayConfig(retries=1))
@@ -229,7 +235,7 @@ def test_cancel_stops_every_task(two_nodes, six_items, tmp_path):
 
     src, model = six_items
     plan = plan_batch(src, tmp_path / "out", tiny_config(model), only=["a", "b"])
-    plan = replace(plan, jobs=tuple(replace(j, spec=replace(j.spec, kind="test_batch_ray:sleep_job")) for j in plan.jobs))
+    plan = _with_kinds(plan, {"a": "test_batch_ray:sleep_job", "b": "test_batch_ray:sleep_job"})
     cancel = CancelToken()
     threading.Timer(4.0, cancel.cancel).start()
     t = time.monotonic()
