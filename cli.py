@@ -570,6 +570,8 @@ def _add_batch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", action="append", default=None, metavar="NAME",
                    help="run only the input NAME (a file or folder stem; repeat for more)")
     p.add_argument("--shard", default=None, metavar="I/N", help="run every N-th input from the I-th (1 <= I <= N), e.g. one farm task each")
+    p.add_argument("--list", action="store_true",
+                   help="print the jobs (name, kind, output, todo or complete), one a line, and run nothing")
     p.add_argument("--overwrite", action="store_true",
                    help="run every job again (default: skip jobs whose output is complete from an earlier run)")
     ray = p.add_argument_group("Ray cluster (pip install 'viewforge[ray]')")
@@ -589,6 +591,12 @@ def _run_batch(args: argparse.Namespace, progress: ProgressBar) -> int:
     cfg = BatchConfig(quality=args.quality, device=args.device, seed=args.seed, output_format=f".{args.format}",
                       resolution=args.resolution, iterations=args.iterations, views=args.views)
     what = {"only": args.only, "shard": args.shard, "overwrite": args.overwrite}
+    if args.list:
+        from .engine.batch import plan_batch
+
+        for job in plan_batch(args.input, args.output, cfg, **what).jobs:
+            print(f"{job.item.name}\t{job.item.kind}\t{job.spec.output}\t{'complete' if job.skip else 'todo'}")
+        return 0
     if args.ray is None:
         rows = run_batch(args.input, args.output, cfg, progress=progress, **what)
     else:

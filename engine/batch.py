@@ -18,10 +18,11 @@ Ray) distributes; there is no scheduler here.
 names are made unique over *all* inputs, so ``--only`` and ``--shard`` pick the same names as a
 full run). Each finished job leaves a record ``OUT_DIR/.viewforge-batch/<output>.json`` holding the
 output's SHA-256 and the job spec; a later batch skips a job whose record matches its spec and the
-file on disk (resume), unless ``overwrite``. While a batch runs it holds ``OUT_DIR/.viewforge-batch/lock``
-(:func:`batch_lock`): a second batch writing to the same folder refuses; the lock of a process
-that no longer runs (same host) is taken over. Temporary files a killed job left behind are
-removed under the lock. The Ray executor (engine/batch_ray.py) runs the same plan.
+file on disk (resume), unless ``overwrite``. While a batch runs it holds a lock in
+``OUT_DIR/.viewforge-batch/`` on its outputs (:func:`batch_lock`): a second batch writing the same
+outputs refuses (shards of one batch do not overlap, so a farm runs them side by side); the lock
+of a process that no longer runs (same host) is taken over. Temporary files a killed job left
+behind are removed under the lock. The Ray executor (engine/batch_ray.py) runs the same plan.
 """
 
 from __future__ import annotations
@@ -296,38 +297,41 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def batch_lock(out: Path):
-    """Hold ``out/.viewforge-batch/lock`` while a batch writes to ``out``; a second batch refuses
-    with :class:`OutputError`. A lock left by a process of this host that no longer runs is taken
-    over."""
-    state = out / STATE_DIR
+def batch_lock(plan: BatchPlan):
+    """Hold a lock on the plan's outputs while a batch writes them: the file
+    ``OUT_DIR/.viewforge-batch/lock-<host>-<pid>.json`` lists them. A second batch whose outputs
+    overlap (the same batch again, a full batch beside a shard) refuses with :class:`OutputError`;
+    shards of one batch (``--shard i/n``, disjoint outputs) run side by side. The lock of a process
+    of this host that no longer runs is taken over (deleted)."""
+    state = plan.out / STATE_DIR
     state.mkdir(exist_ok=True)
-    lock = state / "lock"
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+    host = socket.gethostname()
+    mine = {Path(j.spec.output).name for j in plan.jobs}
+    lock = state / f"lock-{_SAFE.sub('_', host)}-{os.getpid()}.json"
+    info = {"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "outputs": sorted(mine)}
+    lock.write_text(json.dumps(info))
+    try:
+        for other in sorted(state.glob("lock-*.json")):
+            if other == lock:
+                continue
             try:
-                held = json.loads(lock.read_text() or "{}")
+                held = json.loads(other.read_text())
             except (OSError, ValueError):
-                held = {}
-            if held.get("host") == me["host"] and isinstance(held.get("pid"), int) and not _pid_alive(held["pid"]):
-                log.warning("taking over the stale batch lock of pid %s in %s", held["pid"], out)
-                lock.unlink(missing_ok=True)
+                continue  # being written or removed: its owner will see this lock and refuse
+            if held.get("host") == host and isinstance(held.get("pid"), int) and not _pid_alive(held["pid"]):
+                log.warning("taking over the stale batch lock of pid %s in %s", held["pid"], plan.out)
+                other.unlink(missing_ok=True)
                 continue
-            if not held:  # being written by a batch that just took it
-                time.sleep(0.2)
-                continue
-            raise OutputError(
-                f"another batch (pid {held.get('pid')} on {held.get('host')}, since {held.get('started')}) is writing to {out}",
-                f"wait for it to finish or use another output folder; if no batch runs, delete {lock}",
-            ) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
-    else:
-        raise OutputError(f"cannot take the batch lock {lock}", f"if no batch runs, delete {lock}")
+            overlap = mine & set(held.get("outputs") or [])
+            if overlap:
+                raise OutputError(
+                    f"another batch (pid {held.get('pid')} on {held.get('host')}, since {held.get('started')}) is writing "
+                    f"to {plan.out} ({len(overlap)} of the same outputs, e.g. {sorted(overlap)[0]})",
+                    f"wait for it to finish or use another output folder; if no batch runs, delete {other}",
+                )
+    except BaseException:
+        lock.unlink(missing_ok=True)
+        raise
     try:
         yield lock
     finally:
@@ -377,7 +381,7 @@ def run_batch(
     (finished outputs stay).
     """
     plan = plan_batch(input_dir, out_dir, config, only=only, shard=shard, overwrite=overwrite)
-    with batch_lock(plan.out):
+    with batch_lock(plan):
         remove_partial_outputs(plan)
         return run_plan(plan, config, progress=progress, cancel=cancel)
 

@@ -268,7 +268,7 @@ def run_batch_ray(
     """:func:`~viewforge.engine.batch.run_batch` with the jobs as Ray tasks (see the module docstring)."""
     import_ray()
     plan = plan_batch(input_dir, out_dir, config, only=only, shard=shard, overwrite=overwrite)
-    with batch_lock(plan.out):
+    with batch_lock(plan):
         remove_partial_outputs(plan)
         if not plan.todo:
             return [skipped_row(j) for j in plan.jobs]

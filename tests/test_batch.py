@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -181,17 +182,27 @@ def test_only_and_shard_pick_the_names_of_a_full_run(batch_input, tmp_path):
 def test_second_batch_on_the_same_folder_refuses(batch_input, tmp_path, capsys):
     out = tmp_path / "o"
     plan = plan_batch(batch_input, out)
-    with batch_lock(plan.out):
+    with batch_lock(plan):
         assert cli.main(["batch", str(batch_input), "-o", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"another batch (pid {os.getpid()}" in err[0] and "is writing to" in err[0]
-    assert not (out / STATE_DIR / "lock").exists()
+        # a shard of another batch with other outputs runs beside it; one with the same refuses
+        with batch_lock(plan_batch(batch_input, out, only=["cat"])):
+            pass
+    with batch_lock(plan_batch(batch_input, out, shard="1/2")):
+        with batch_lock(plan_batch(batch_input, out, shard="2/2")):
+            with pytest.raises(OutputError, match="another batch"):
+                with batch_lock(plan_batch(batch_input, out, only=["my ball"])):
+                    pass
+    assert not list((out / STATE_DIR).glob("lock-*"))
     # the lock of a process that has ended is taken over
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (out / STATE_DIR / "lock").write_text(json.dumps({"pid": dead.pid, "host": __import__("socket").gethostname()}))
-    with batch_lock(plan.out) as lock:
+    host = socket.gethostname()
+    (out / STATE_DIR / f"lock-{host}-{dead.pid}.json").write_text(json.dumps({"pid": dead.pid, "host": host, "outputs": ["cat.glb"]}))
+    with batch_lock(plan) as lock:
         assert json.loads(lock.read_text())["pid"] == os.getpid()
+        assert [p.name for p in (out / STATE_DIR).glob("lock-*")] == [lock.name]
 
 
 def test_partial_outputs_of_killed_jobs_are_removed(batch_input, tmp_path):
