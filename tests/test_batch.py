@@ -171,6 +171,9 @@ def test_only_and_shard_pick_the_names_of_a_full_run(batch_input, tmp_path):
         ("broken", "broken.glb"), ("cat", "cat.glb"), ("my ball", "my_ball.glb")]
     shards = [[j.item.name for j in plan_batch(batch_input, tmp_path / "o", shard=f"{i}/2").jobs] for i in (1, 2)]
     assert shards == [["broken", "my ball"], ["cat"]]
+    # shard i of N = the number of inputs is the i-th input alone (the OpenJD template's tasks)
+    assert [[j.item.name for j in plan_batch(batch_input, tmp_path / "o", shard=(i, 3)).jobs] for i in (1, 2, 3)] == [
+        ["broken"], ["cat"], ["my ball"]]
     assert [j.spec.output for j in plan_batch(batch_input, tmp_path / "o", only=["my ball"]).jobs] == [full.jobs[2].spec.output]
     with pytest.raises(InputError, match="no input named 'dog'.*Fix: use one of broken, cat, my ball"):
         plan_batch(batch_input, tmp_path / "o", only=["dog"])
