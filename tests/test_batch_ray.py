@@ -104,6 +104,15 @@ def test_address_that_does_not_answer(tmp_path, capsys):
     assert not list((tmp_path / "out" / STATE_DIR).glob("lock-*"))  # the lock is released
 
 
+def test_nothing_usable_refuses_before_ray_starts(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("not an input")
+    assert cli.main(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--ray"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds no posed sets and no images" in err[0]
+    assert not ray.is_initialized()
+
+
 def test_cli_local_cluster_and_resume(tmp_path, capsys):
     """--ray alone starts a local cluster (2 CPUs), runs the jobs, prints the local batch's table
     and shuts the cluster down; the same command again skips both jobs without starting Ray."""
