@@ -37,6 +37,7 @@ import re
 import shutil
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -299,7 +300,7 @@ def _pid_alive(pid: int) -> bool:
 @contextlib.contextmanager
 def batch_lock(plan: BatchPlan):
     """Hold a lock on the plan's outputs while a batch writes them: the file
-    ``OUT_DIR/.viewforge-batch/lock-<host>-<pid>.json`` lists them. A second batch whose outputs
+    ``OUT_DIR/.viewforge-batch/lock-<host>-<pid>-<random>.json`` lists them. A second batch whose outputs
     overlap (the same batch again, a full batch beside a shard) refuses with :class:`OutputError`;
     shards of one batch (``--shard i/n``, disjoint outputs) run side by side. The lock of a process
     of this host that no longer runs is taken over (deleted)."""
@@ -307,7 +308,7 @@ def batch_lock(plan: BatchPlan):
     state.mkdir(exist_ok=True)
     host = socket.gethostname()
     mine = {Path(j.spec.output).name for j in plan.jobs}
-    lock = state / f"lock-{_SAFE.sub('_', host)}-{os.getpid()}.json"
+    lock = state / f"lock-{_SAFE.sub('_', host)}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
     info = {"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "outputs": sorted(mine)}
     lock.write_text(json.dumps(info))
     try:

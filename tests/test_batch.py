@@ -184,14 +184,13 @@ def test_only_and_shard_pick_the_names_of_a_full_run(batch_input, tmp_path):
 
 def test_second_batch_on_the_same_folder_refuses(batch_input, tmp_path, capsys):
     out = tmp_path / "o"
-    plan = plan_batch(batch_input, out)
+    plan = plan_batch(batch_input, out, BatchConfig(output_format=".ply"))
     with batch_lock(plan):
-        assert cli.main(["batch", str(batch_input), "-o", str(out)]) == 2
+        assert cli.main(["batch", str(batch_input), "-o", str(out), "--quality", "draft", "--format", "ply", "--iterations", "1",
+                         "--resolution", "8", "--device", "cpu"]) == 2  # fmt: skip
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"another batch (pid {os.getpid()}" in err[0] and "is writing to" in err[0]
-        # a shard of another batch with other outputs runs beside it; one with the same refuses
-        with batch_lock(plan_batch(batch_input, out, only=["cat"])):
-            pass
+    # shards of one batch (disjoint outputs) run side by side; a batch overlapping one refuses
     with batch_lock(plan_batch(batch_input, out, shard="1/2")):
         with batch_lock(plan_batch(batch_input, out, shard="2/2")):
             with pytest.raises(OutputError, match="another batch"):
@@ -202,7 +201,7 @@ def test_second_batch_on_the_same_folder_refuses(batch_input, tmp_path, capsys):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     host = socket.gethostname()
-    (out / STATE_DIR / f"lock-{host}-{dead.pid}.json").write_text(json.dumps({"pid": dead.pid, "host": host, "outputs": ["cat.glb"]}))
+    (out / STATE_DIR / f"lock-{host}-{dead.pid}.json").write_text(json.dumps({"pid": dead.pid, "host": host, "outputs": ["cat.ply"]}))
     with batch_lock(plan) as lock:
         assert json.loads(lock.read_text())["pid"] == os.getpid()
         assert [p.name for p in (out / STATE_DIR).glob("lock-*")] == [lock.name]
