@@ -581,6 +581,22 @@ def _add_batch(p: argparse.ArgumentParser) -> None:
                    help="training views per posed set, evenly spaced (default: all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="compute device (default auto)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("--only", action="append", default=None, metavar="NAME",
+                   help="run only the input NAME (a file or folder stem; repeat for more)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="run every N-th input from the I-th (1 <= I <= N), e.g. one farm task each")
+    p.add_argument("--list", action="store_true",
+                   help="print the jobs (name, kind, output, todo or complete), one a line, and run nothing")
+    p.add_argument("--overwrite", action="store_true",
+                   help="run every job again (default: skip jobs whose output is complete from an earlier run)")
+    ray = p.add_argument_group("Ray cluster (pip install 'viewforge[ray]')")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="run the jobs as Ray tasks: alone, on a local cluster it starts; 'auto', on the cluster running "
+                     "on this machine; HOST:PORT, on that cluster. OUT_DIR must be a folder every node sees at the same path")
+    ray.add_argument("--ray-cpus", type=float, default=1.0, metavar="N", help="CPUs per job (default 1)")
+    ray.add_argument("--ray-gpus", type=float, default=None, metavar="N",
+                     help="GPUs per job (default: 1 with --device cuda, or auto on a cluster with GPUs; else 0)")
+    ray.add_argument("--ray-retries", type=int, default=2, metavar="N", help="runs again a job whose process or node died, N times (default 2)")
+    ray.add_argument("--ray-local-cpus", type=_positive_int, default=None, metavar="N", help="CPUs of the local cluster (default: all)")
 
 
 def _run_batch(args: argparse.Namespace, progress: ProgressBar) -> int:
@@ -588,10 +604,25 @@ def _run_batch(args: argparse.Namespace, progress: ProgressBar) -> int:
 
     cfg = BatchConfig(quality=args.quality, device=args.device, seed=args.seed, output_format=f".{args.format}",
                       resolution=args.resolution, iterations=args.iterations, views=args.views)
-    rows = run_batch(args.input, args.output, cfg, progress=progress)
+    what = {"only": args.only, "shard": args.shard, "overwrite": args.overwrite}
+    if args.list:
+        from .engine.batch import plan_batch
+
+        for job in plan_batch(args.input, args.output, cfg, **what).jobs:
+            print(f"{job.item.name}\t{job.item.kind}\t{job.spec.output}\t{'complete' if job.skip else 'todo'}")
+        return 0
+    if args.ray is None:
+        rows = run_batch(args.input, args.output, cfg, progress=progress, **what)
+    else:
+        from .engine.batch_ray import RayConfig, import_ray, run_batch_ray
+
+        import_ray()  # one line before any work when Ray is not installed
+        rcfg = RayConfig(address=None if args.ray == "local" else args.ray, cpus=args.ray_cpus, gpus=args.ray_gpus,
+                         retries=max(0, args.ray_retries), local_cpus=args.ray_local_cpus)
+        rows = run_batch_ray(args.input, args.output, cfg, rcfg, progress=progress, **what)
     progress.close()
     print(format_table(rows))
-    failed = sum(r.status != "ok" for r in rows)
+    failed = sum(r.status == "failed" for r in rows)
     if failed:
         sys.stderr.write(f"{PROG} batch: {failed} of {len(rows)} jobs failed (see the table); the others wrote their output.\n")
     return 1 if failed else 0
@@ -691,7 +722,9 @@ COMMANDS: list[Command] = [
         "without one is reconstructed after structure from motion, and each image (.png, .jpg, "
         ".webp) is generated from (as viewforge generate, with the default model). Each job runs "
         "in its own worker process and writes OUT_DIR/<name>.<format>; a failed job does not stop the "
-        "others. Prints a table of the jobs; exits 1 if any failed.",
+        "others. A job whose output is complete from an earlier run is skipped (resume; --overwrite runs it "
+        "again); a second batch writing to the same OUT_DIR refuses. With --ray the jobs are Ray tasks on a "
+        "cluster (docs/batch.md). Prints a table of the jobs; exits 1 if any failed.",
         _add_batch,
         _run_batch,
         "example: viewforge batch captures/ -o meshes/ --quality draft",

@@ -278,6 +278,38 @@ def run_job(spec: JobSpec, progress: ProgressCallback | None = None, cancel: Can
     return job_function(spec.kind)(spec, progress, cancel)
 
 
+@dataclass
+class JobOutcome:
+    """How one job of a batch ended (a row of the summary table): status "ok", "failed" or
+    "skipped" (its output was complete from an earlier run), seconds, the output written or the
+    reason."""
+
+    name: str
+    kind: str
+    status: str
+    seconds: float
+    output: str | None = None
+    detail: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "JobOutcome":
+        return cls(**d)
+
+
+def job_outcome(spec: JobSpec, seconds: float, result: JobResult | None = None, error: BaseException | None = None) -> JobOutcome:
+    """The outcome of ``spec``: ok with its result, or failed with the error's one line. The local
+    batch and the Ray executor both build their rows here, so their tables are the same."""
+    name, kind = spec.name or Path(spec.input).stem, spec.kind
+    if error is None and result is not None:
+        return JobOutcome(name, kind, "ok", float(seconds), result.output, result.summary, dict(result.metrics))
+    text = str(error) if error is not None else "the job ended without a result"
+    return JobOutcome(name, kind, "failed", float(seconds), None, " ".join(text.split()))
+
+
 # ---------------------------------------------------------------------------------------------
 # The worker process
 # ---------------------------------------------------------------------------------------------
@@ -293,6 +325,23 @@ def error_from_message(class_name: str, message: str, fix: str) -> ViewforgeErro
     return err
 
 
+def _exit_with_parent(interval_s: float = 0.5) -> None:
+    """End this worker when its parent dies (a killed Blender, a Ray worker cancelled with force):
+    an orphan would go on using the cores. Its partial output is a temporary file that the next
+    batch in that folder removes (atomic output)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="viewforge-parent-watch", daemon=True).start()
+
+
 def worker_main(spec: dict[str, Any], conn: Any, cancel_event: Any, env: dict[str, str] | None = None, nice: int = 0) -> None:
     """Entry point of the worker process: set ``env`` (model cache, offline mode) and the
     scheduling priority (``nice`` > 0: lower, so the caller's UI stays responsive), run the job,
@@ -302,6 +351,7 @@ def worker_main(spec: dict[str, Any], conn: Any, cancel_event: Any, env: dict[st
         with contextlib.suppress(OSError):
             os.nice(nice)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _exit_with_parent()
     logging.basicConfig(level=logging.WARNING, format="viewforge worker: %(levelname)s: %(name)s: %(message)s")
     cancel = CancelToken(cancel_event)
     last = {"t": 0.0, "stage": None}
@@ -408,6 +458,8 @@ class JobProcess:
         self.error: ViewforgeError | None = None
         self.started = time.monotonic()
         self._cancel_at: float | None = None
+        #: True when the worker process died without a final message (killed, crashed).
+        self.crashed = False
         self._reaper: Any = None  # the thread that waits for the worker to exit after its final message
         ctx = mp.get_context("spawn")
         self._event = ctx.Event()
@@ -508,6 +560,7 @@ class JobProcess:
             if self._cancel_at is not None:
                 self._finish("cancelled", error=Cancelled())
             else:
+                self.crashed = True
                 self._finish(
                     "failed",
                     error=ResourceError(
@@ -803,6 +856,7 @@ __all__ = [
     "GENERATE_PRESETS",
     "JOB_FUNCTIONS",
     "JobProcess",
+    "JobOutcome",
     "JobResult",
     "SubprocessJob",
     "JobSpec",
@@ -812,6 +866,7 @@ __all__ = [
     "generate_config",
     "generate_job",
     "job_function",
+    "job_outcome",
     "recon_config",
     "reconstruct_job",
     "run_job",

@@ -3,12 +3,18 @@ failed while the others still wrote their output. No bpy."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 
 from viewforge import cli
-from viewforge.engine.batch import BatchConfig, find_inputs, format_table, run_batch
+from viewforge.engine.batch import (STATE_DIR, BatchConfig, batch_lock, find_inputs, format_table, plan_batch,
+                                    remove_partial_outputs, run_batch, sha256_file)
 from viewforge.engine.errors import InputError, OutputError
 from viewforge.engine.splat.model import read_splat_ply
 
@@ -67,8 +73,30 @@ def test_batch_runs_every_job_and_reports_failures(batch_input, tmp_path, capsys
     # the image is a generate job with the default model, whose weights are not in the (empty) cache
     assert "failed" in rows["cat"] and "Zero123++ v1.2 weights" in rows["cat"] and "not in the local model cache" in rows["cat"]
     assert lines[-1] == "1 of 3 jobs succeeded, 2 failed"
-    assert sorted(p.name for p in out.iterdir()) == ["my_ball.ply"]  # nothing half-written for the failures
+    # nothing half-written for the failures; the batch's state folder holds the finished job's record
+    assert sorted(p.name for p in out.iterdir()) == [STATE_DIR, "my_ball.ply"]
+    assert sorted(p.name for p in (out / STATE_DIR).iterdir()) == ["my_ball.ply.json"]
     assert read_splat_ply(out / "my_ball.ply").num > 10
+    digest = sha256_file(out / "my_ball.ply")
+    assert json.loads((out / STATE_DIR / "my_ball.ply.json").read_text())["sha256"] == digest
+
+    # resume: the finished job is skipped (its record matches the file), its output untouched
+    args = ["batch", str(batch_input), "-o", str(out), "--format", "ply", "--resolution", "24", "--iterations", "20",
+            "--device", "cpu", "--quality", "draft", "--only", "my ball"]  # fmt: skip
+    assert cli.main(args) == 0
+    lines = [ln for ln in capsys.readouterr().out.strip().splitlines() if not ln.startswith("viewforge progress: ")]
+    assert " skipped " in lines[1] and lines[-1] == "1 of 1 jobs succeeded (1 complete from an earlier run)"
+    assert sha256_file(out / "my_ball.ply") == digest
+    # an output that no longer matches its record is made again; so is one with other options
+    plan = plan_batch(batch_input, out, BatchConfig(quality="draft", device="cpu", output_format=".ply", resolution=24,
+                                                   iterations=20), only=["my ball"])  # fmt: skip
+    assert [j.skip for j in plan.jobs] == [True]
+    assert plan_batch(batch_input, out, BatchConfig(quality="draft", device="cpu", output_format=".ply", resolution=24,
+                                                    iterations=21), only=["my ball"]).jobs[0].skip is False  # fmt: skip
+    with open(out / "my_ball.ply", "ab") as f:
+        f.write(b"x")
+    assert plan_batch(batch_input, out, BatchConfig(quality="draft", device="cpu", output_format=".ply", resolution=24,
+                                                    iterations=20), only=["my ball"]).jobs[0].skip is False  # fmt: skip
 
 
 def test_job_options_per_kind():
@@ -106,7 +134,7 @@ def test_batch_generates_from_images(tmp_path):
     rows = run_batch(src, tmp_path / "out", cfg, progress=events.append)
     assert [(r.name, r.kind, r.status) for r in rows] == [("Block one", "generate", "ok")], rows[0].detail
     out = tmp_path / "out" / "Block_one.glb"
-    assert rows[0].output == str(out) and sorted(p.name for p in out.parent.iterdir()) == ["Block_one.glb"]
+    assert rows[0].output == str(out) and sorted(p.name for p in out.parent.iterdir()) == [STATE_DIR, "Block_one.glb"]
     assert rows[0].metrics["generator_evals"] == 8 and "8 generator evaluations" in rows[0].detail
     lo, hi = read_mesh(out).bounds()
     assert abs(float((hi - lo).max()) - 1.5) < 1e-3 and abs(float(lo[2])) < 1e-4
@@ -135,3 +163,56 @@ def test_format_table_aligns_columns():
     assert lines[1].index("reconstruct") == lines[2].index("generate") == lines[0].index("kind")
     assert lines[1].endswith("/o/a.glb") and lines[2].endswith("why")
     assert lines[-1] == "1 of 2 jobs succeeded, 1 failed"
+
+
+def test_only_and_shard_pick_the_names_of_a_full_run(batch_input, tmp_path):
+    full = plan_batch(batch_input, tmp_path / "o")
+    assert [(j.item.name, os.path.basename(j.spec.output)) for j in full.jobs] == [
+        ("broken", "broken.glb"), ("cat", "cat.glb"), ("my ball", "my_ball.glb")]
+    shards = [[j.item.name for j in plan_batch(batch_input, tmp_path / "o", shard=f"{i}/2").jobs] for i in (1, 2)]
+    assert shards == [["broken", "my ball"], ["cat"]]
+    # shard i of N = the number of inputs is the i-th input alone (the OpenJD template's tasks)
+    assert [[j.item.name for j in plan_batch(batch_input, tmp_path / "o", shard=(i, 3)).jobs] for i in (1, 2, 3)] == [
+        ["broken"], ["cat"], ["my ball"]]
+    assert [j.spec.output for j in plan_batch(batch_input, tmp_path / "o", only=["my ball"]).jobs] == [full.jobs[2].spec.output]
+    with pytest.raises(InputError, match="no input named 'dog'.*Fix: use one of broken, cat, my ball"):
+        plan_batch(batch_input, tmp_path / "o", only=["dog"])
+    for bad in ("3/2", "0/2", "x"):
+        with pytest.raises(InputError, match="shard"):
+            plan_batch(batch_input, tmp_path / "o", shard=bad)
+
+
+def test_second_batch_on_the_same_folder_refuses(batch_input, tmp_path, capsys):
+    out = tmp_path / "o"
+    plan = plan_batch(batch_input, out, BatchConfig(output_format=".ply"))
+    with batch_lock(plan):
+        assert cli.main(["batch", str(batch_input), "-o", str(out), "--quality", "draft", "--format", "ply", "--iterations", "1",
+                         "--resolution", "8", "--device", "cpu"]) == 2  # fmt: skip
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"another batch (pid {os.getpid()}" in err[0] and "is writing to" in err[0]
+    # shards of one batch (disjoint outputs) run side by side; a batch overlapping one refuses
+    with batch_lock(plan_batch(batch_input, out, shard="1/2")):
+        with batch_lock(plan_batch(batch_input, out, shard="2/2")):
+            with pytest.raises(OutputError, match="another batch"):
+                with batch_lock(plan_batch(batch_input, out, only=["my ball"])):
+                    pass
+    assert not list((out / STATE_DIR).glob("lock-*"))
+    # the lock of a process that has ended is taken over
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    (out / STATE_DIR / f"lock-{host}-{dead.pid}.json").write_text(json.dumps({"pid": dead.pid, "host": host, "outputs": ["cat.ply"]}))
+    with batch_lock(plan) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        assert [p.name for p in (out / STATE_DIR).glob("lock-*")] == [lock.name]
+
+
+def test_partial_outputs_of_killed_jobs_are_removed(batch_input, tmp_path):
+    plan = plan_batch(batch_input, tmp_path / "o")
+    left = [plan.out / ".my_ball.glb.abc123.part.glb", plan.out / STATE_DIR / ".my_ball.glb.json.x1.part.json"]
+    left[1].parent.mkdir(exist_ok=True)
+    for p in left:
+        p.write_text("half")
+    (plan.out / "mine.txt").write_text("the user's")
+    assert sorted(remove_partial_outputs(plan)) == sorted(left)
+    assert sorted(p.name for p in plan.out.iterdir()) == [STATE_DIR, "mine.txt"]

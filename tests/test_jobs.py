@@ -253,6 +253,46 @@ def test_a_worker_crash_is_an_error_not_a_hang():
     assert job.wait(timeout=30)
     assert job.state == "failed" and isinstance(job.error, ResourceError)
     assert "killed by SIGKILL" in str(job.error) and "Fix:" in str(job.error)
+    assert job.crashed  # (the Ray executor retries these)
+    ok = jobs.JobProcess(jobs.JobSpec("test_jobs:nice_job", "", ""))
+    assert ok.wait(timeout=30) and ok.state == "done" and not ok.crashed
+
+
+def test_a_worker_ends_with_its_parent(tmp_path):
+    """A parent killed outright (a Blender crash, a Ray worker cancelled with force) does not leave
+    its job running."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from viewforge.engine.jobs import JobProcess, JobSpec\n"
+        "j = JobProcess(JobSpec('test_jobs:sleepy_job', '', ''))\n"
+        "while j.stage != 'sleep':\n"
+        "    j.poll(); time.sleep(0.05)\n"
+        "print(j.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    child = int(parent.stdout.readline())
+    os.kill(child, 0)  # running
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+            stat = Path(f"/proc/{child}/stat")
+            if stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+                break  # exited; not reaped yet by an init that does not reap
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the job process outlived its parent")
 
 
 def test_worker_runs_without_the_parents_main_module(tmp_path):
