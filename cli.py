@@ -569,7 +569,9 @@ def _run_eval(args: argparse.Namespace, progress: ProgressBar) -> int:
 
 
 def _add_batch(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", metavar="INPUT_DIR", help="folder of posed sets (sub-folders with transforms.json), folders of photos without cameras, and images")
+    # optional for argparse only: `--ray IN -o OUT` reads IN as --ray's ADDRESS (_batch_input)
+    p.add_argument("input", metavar="INPUT_DIR", nargs="?", default=None,
+                   help="folder of posed sets (sub-folders with transforms.json), folders of photos without cameras, and images")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder (created; its parent must exist)")
     p.add_argument("--quality", choices=("draft", "standard", "high"), default="standard",
                    help="quality preset: fit resolution, steps, face budget, texture size (default standard)")
@@ -599,8 +601,22 @@ def _add_batch(p: argparse.ArgumentParser) -> None:
     ray.add_argument("--ray-local-cpus", type=_positive_int, default=None, metavar="N", help="CPUs of the local cluster (default: all)")
 
 
+def _batch_input(args: argparse.Namespace) -> None:
+    """INPUT_DIR is required; ``--ray`` takes an optional ADDRESS, so ``batch --ray IN -o OUT``
+    parses IN as the address: an address that is an existing folder and no INPUT_DIR means IN is
+    the input and Ray starts a local cluster."""
+    if args.input is not None:
+        return
+    if args.ray not in (None, "local", "auto") and Path(args.ray).is_dir():
+        args.input, args.ray = args.ray, "local"
+        return
+    raise InputError("INPUT_DIR is missing", "viewforge batch INPUT_DIR -o OUT_DIR [options]")
+
+
 def _run_batch(args: argparse.Namespace, progress: ProgressBar) -> int:
     from .engine.batch import BatchConfig, format_table, run_batch
+
+    _batch_input(args)
 
     cfg = BatchConfig(quality=args.quality, device=args.device, seed=args.seed, output_format=f".{args.format}",
                       resolution=args.resolution, iterations=args.iterations, views=args.views)

@@ -153,6 +153,14 @@ def test_batch_bad_arguments(batch_input, tmp_path, capsys):
         run_batch(batch_input, tmp_path / "o", BatchConfig(quality="ultra"))
     assert cli.main(["batch", str(tmp_path / "missing"), "-o", str(tmp_path / "o")]) == 2
     assert "does not exist. Fix:" in capsys.readouterr().err
+    assert cli.main(["batch", "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "INPUT_DIR is missing" in err and len(err.strip().splitlines()) == 1
+    # `--ray IN`: IN is the input folder (--ray's ADDRESS is optional), the same jobs as `IN --ray`
+    assert cli.main(["batch", "--ray", str(batch_input), "-o", str(tmp_path / "o"), "--list"]) == 0
+    swapped = capsys.readouterr().out
+    assert cli.main(["batch", str(batch_input), "-o", str(tmp_path / "o"), "--list", "--ray"]) == 0
+    assert swapped == capsys.readouterr().out and "my ball" in swapped
 
 
 def test_format_table_aligns_columns():
