@@ -453,7 +453,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _elevation(text: str) -> float:
+def _input_elevation(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -482,7 +482,7 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
                    help="base-colour texture size in pixels (default 1024: the views are 320 px)")
     p.add_argument("--size", type=_positive_float, default=1.0, metavar="METRES",
                    help="longest side of the result (default 1); it stands on z = 0, centred in x and y")
-    p.add_argument("--input-elevation", type=_elevation, default=0.0, metavar="DEG",
+    p.add_argument("--input-elevation", type=_input_elevation, default=0.0, metavar="DEG",
                    help="the photo's camera elevation above the object in degrees (default 0: taken level; "
                         "e.g. 20 for a photo from a little above)")
     p.add_argument("--iterations", type=_positive_int, default=1000, metavar="I",
