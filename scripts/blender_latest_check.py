@@ -38,6 +38,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--refine-cameras", action="store_true", help="Reconstruct with Refine Cameras on (the default in the panel)")
     p.add_argument("--skip-photos", action="store_true")
     p.add_argument("--skip-reconstruct", action="store_true")
+    p.add_argument("--capture", default="", help="copy the Reconstruct job's posed set, spec and output to this folder")
     return p.parse_args()
 
 
@@ -217,6 +218,24 @@ def main() -> int:
     s.quality, s.device = "DRAFT", "AUTO"
     s.resolution, s.iterations, s.faces, s.texture_size = args.size, 300, 5000, 512
     s.output_folder, s.output_name = str(work / "out"), "suzanne"
+    capture = args.capture
+    if capture:  # keep the job's posed set, spec and result (a copy of the temporary folder)
+        import json
+        import shutil
+
+        from viewforge.bridge import reconstruct as bridge_reconstruct
+
+        cleanup = bridge_reconstruct.PreparedJob.cleanup
+
+        def keep(self, cleanup=cleanup):
+            if self.work_dir is not None:
+                dst = Path(capture) / Path(self.work_dir).name
+                shutil.copytree(self.work_dir, dst, dirs_exist_ok=True)
+                (dst / "spec.json").write_text(json.dumps(self.spec.to_dict(), indent=1, default=str))
+            cleanup(self)
+
+        bridge_reconstruct.PreparedJob.cleanup = keep
+        np.save(Path(capture) / "source_box.npy", world_box(source))
     before = set(bpy.data.objects)
     t = time.perf_counter()
     try:
@@ -233,6 +252,10 @@ def main() -> int:
         figures["reconstruct_box"] = f"{np.round(world_box(obj), 2).tolist()} (Suzanne {np.round(source_box, 2).tolist()})"
         check(iou >= 0.75, f"Reconstruct: bounding-box IoU with Suzanne {iou:.2f}")
     figures["reconstruct_report"] = jobs.LAST.message if jobs.LAST else ""
+    if args.capture and (work / "out").exists():
+        import shutil
+
+        shutil.copytree(work / "out", Path(args.capture) / "out", dirs_exist_ok=True)
 
     # --- Photos Without Cameras
     if not args.skip_photos:

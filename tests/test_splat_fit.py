@@ -201,3 +201,43 @@ def test_perturbation_is_the_fits_pose_correction(scene):
                             direction / np.linalg.norm(direction) * 0.03 * np.linalg.norm(cam.center)])
     expected = se3_exp(torch.tensor(delta[None]))[0].numpy() @ cam.world_to_camera
     np.testing.assert_allclose(moved.world_to_camera, expected, atol=1e-12)
+
+
+def _sphere_masks(cams: list[Camera], radius: float) -> PosedSet:
+    """Silhouettes of a sphere of ``radius`` at the origin (a pixel is in when its ray passes within it)."""
+    imgs, masks = [], []
+    for cam in cams:
+        u, v = np.meshgrid(np.arange(cam.width) + 0.5, np.arange(cam.height) + 0.5)
+        rays = np.stack([(u - cam.cx) / cam.fx, (v - cam.cy) / cam.fy, np.ones_like(u)], -1) @ cam.R  # world dirs
+        rays /= np.linalg.norm(rays, axis=-1, keepdims=True)
+        c = cam.center
+        miss = np.linalg.norm(np.cross(rays, -c), axis=-1)  # distance of the origin from each ray
+        masks.append((miss < radius).astype(np.float32))
+        imgs.append(np.full((cam.height, cam.width, 3), 0.5, np.float32))
+    return PosedSet(cams, imgs, masks)
+
+
+def _views_seeing(cams: list[Camera], pts: np.ndarray) -> np.ndarray:
+    seen = np.zeros(len(pts), int)
+    for cam in cams:
+        uv, z = cam.project(pts)
+        seen += (z > 0) & (uv[:, 0] >= 0) & (uv[:, 1] >= 0) & (uv[:, 0] < cam.width) & (uv[:, 1] < cam.height)
+    return seen
+
+
+def test_visual_hull_leaves_out_space_one_camera_sees():
+    # an orbit of 8 cameras around a sphere (the Blender check's rig): the corners of the scene
+    # cube behind the sphere are in one camera's view only, inside its silhouette, and no other
+    # mask carves them; Gaussians started there became a floater that doubled the mesh's box
+    posed = _sphere_masks(_rig(8, radius=4.0), 0.8)
+    pts, _, spacing = visual_hull_points(posed, 4000)
+    assert _views_seeing(posed.cameras, pts).min() >= 2
+    assert np.linalg.norm(pts, axis=1).max() < 0.8 + 4 * spacing  # the hull hugs the sphere
+    loose, _, _ = visual_hull_points(posed, 4000, min_views=1)  # the old rule: any one camera
+    assert (_views_seeing(posed.cameras, loose) == 1).mean() > 0.05
+    assert np.linalg.norm(loose, axis=1).max() > 1.2
+    # two cameras: a point must be in both views; one camera: its own view is enough
+    two, _, _ = visual_hull_points(_sphere_masks(_rig(2, radius=4.0), 0.6), 500)
+    assert _views_seeing(_rig(2, radius=4.0), two).min() == 2
+    one, _, _ = visual_hull_points(_sphere_masks(_rig(1, radius=4.0), 0.6), 500)
+    assert len(one) == 500

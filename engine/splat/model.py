@@ -91,14 +91,17 @@ def scene_scale(cameras: list[Camera]) -> float:
 
 
 def visual_hull_points(
-    posed: PosedSet, n_points: int, *, grid: int = 64, threshold: float = 0.5, seed: int = 0
+    posed: PosedSet, n_points: int, *, grid: int = 64, threshold: float = 0.5, seed: int = 0, min_views: int = 2
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Points inside the visual hull of the masks, with their mean observed colour.
 
     Carves a ``grid``^3 lattice over :func:`scene_bounds`: a point survives if it projects into at
-    least one image and into the mask (> ``threshold``, nearest pixel) of every image it projects
-    into. Returns points (M, 3), colours (M, 3) in [0, 1] and the lattice spacing.
-    Raises PosedSetError when the masks are empty or the cameras see nothing in common.
+    least ``min_views`` images (all of them when there are fewer) and into the mask (>
+    ``threshold``, nearest pixel) of every image it projects into. A point inside one camera's
+    view only is carved by no other mask: on an orbit these are the corners of the scene cube
+    behind the object, which one photo sees (occluded) and nothing constrains; Gaussians started
+    there stay as floaters. Returns points (M, 3), colours (M, 3) in [0, 1] and the lattice
+    spacing. Raises PosedSetError when the masks are empty or the cameras see nothing in common.
     """
     if posed.masks is None:
         raise PosedSetError("visual hull needs masks", "give RGBA images or use random initialisation")
@@ -123,7 +126,7 @@ def visual_hull_points(
         keep &= ~inside | (m > threshold)
         seen += inside
         col[inside] += img[v[inside], u[inside]]
-    keep &= seen > 0
+    keep &= seen >= max(1, min(min_views, len(posed.cameras)))
     if keep.sum() < 8:
         raise PosedSetError(
             "the masks of the views do not overlap in 3D (empty visual hull)",
