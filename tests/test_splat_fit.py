@@ -230,14 +230,14 @@ def test_visual_hull_leaves_out_space_one_camera_sees():
     # cube behind the sphere are in one camera's view only, inside its silhouette, and no other
     # mask carves them; Gaussians started there became a floater that doubled the mesh's box
     posed = _sphere_masks(_rig(8, radius=4.0), 0.8)
-    pts, _, spacing = visual_hull_points(posed, 4000)
+    pts, _, spacing = visual_hull_points(posed, 4000, min_views=2)
     assert _views_seeing(posed.cameras, pts).min() >= 2
     assert np.linalg.norm(pts, axis=1).max() < 0.8 + 4 * spacing  # the hull hugs the sphere
-    loose, _, _ = visual_hull_points(posed, 4000, min_views=1)  # the old rule: any one camera
+    loose, _, _ = visual_hull_points(posed, 4000)  # the default rule: any one camera
     assert (_views_seeing(posed.cameras, loose) == 1).mean() > 0.05
     assert np.linalg.norm(loose, axis=1).max() > 1.2
     # two cameras: a point must be in both views; one camera: its own view is enough
-    two, _, _ = visual_hull_points(_sphere_masks(_rig(2, radius=4.0), 0.6), 500)
+    two, _, _ = visual_hull_points(_sphere_masks(_rig(2, radius=4.0), 0.6), 500, min_views=2)
     assert _views_seeing(_rig(2, radius=4.0), two).min() == 2
-    one, _, _ = visual_hull_points(_sphere_masks(_rig(1, radius=4.0), 0.6), 500)
+    one, _, _ = visual_hull_points(_sphere_masks(_rig(1, radius=4.0), 0.6), 500, min_views=2)
     assert len(one) == 500

@@ -91,7 +91,7 @@ def scene_scale(cameras: list[Camera]) -> float:
 
 
 def visual_hull_points(
-    posed: PosedSet, n_points: int, *, grid: int = 64, threshold: float = 0.5, seed: int = 0, min_views: int = 2
+    posed: PosedSet, n_points: int, *, grid: int = 64, threshold: float = 0.5, seed: int = 0, min_views: int = 1
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Points inside the visual hull of the masks, with their mean observed colour.
 
@@ -100,7 +100,8 @@ def visual_hull_points(
     ``threshold``, nearest pixel) of every image it projects into. A point inside one camera's
     view only is carved by no other mask: on an orbit these are the corners of the scene cube
     behind the object, which one photo sees (occluded) and nothing constrains; Gaussians started
-    there stay as floaters. Returns points (M, 3), colours (M, 3) in [0, 1] and the lattice
+    there stay as floaters. ``min_views=2`` leaves them out; the fit keeps the default 1 (the
+    two-view rule moves the fit's pose-refinement results, docs/reconstruction.md). Returns points (M, 3), colours (M, 3) in [0, 1] and the lattice
     spacing. Raises PosedSetError when the masks are empty or the cameras see nothing in common.
     """
     if posed.masks is None:
