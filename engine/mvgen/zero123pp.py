@@ -627,7 +627,7 @@ def load(source: str, *, device: str = "auto", dtype=None, guidance_scale: float
     except ImportError as exc:
         raise DependencyError(f"{INFO.name} needs torch, diffusers and transformers ({exc.name} is missing)",
                               None) from exc
-    from ..splat.fit import resolve_device
+    from ..device import resolve_device
 
     view_size = INFO.view_size
     if source == INFO.id:

@@ -78,7 +78,8 @@ def align_cameras(
     """Refine every camera of ``posed`` against the fixed ``splats`` (see module docstring)."""
     import torch
 
-    from ..splat.fit import resolve_device, se3_exp
+    from ..device import resolve_device
+    from ..splat.fit import se3_exp
     from ..splat.rasterize import rasterize
 
     dev = device if device is not None else resolve_device("auto")

@@ -345,7 +345,7 @@ def refine_cameras_to_model(
     if config.photometric:
         t1 = time.perf_counter()
         from .photometric import AlignConfig, align_cameras
-        from ..splat.fit import resolve_device
+        from ..device import resolve_device
 
         idx = [i for i, v in enumerate(views) if v.reliable]
         if idx:

@@ -234,7 +234,7 @@ def anchor_losses(splats: "Splats", anchors: Sequence["Anchor"], config: RVCConf
     """``L_i`` of the splats at every anchor (no gradient)."""
     import torch
 
-    from ..splat.fit import resolve_device
+    from ..device import resolve_device
 
     dev = resolve_device(device)
     render = _Renderer(dev, backend)
@@ -253,7 +253,8 @@ def compensate(splats: "Splats", anchors: Sequence["Anchor"], rig: Sequence[Came
     """One RVC application: the proximal correction ``R*`` of the module docstring."""
     import torch
 
-    from ..splat.fit import FitConfig, resolve_device
+    from ..device import resolve_device
+    from ..splat.fit import FitConfig
     from ..splat.model import Splats, scene_scale
 
     fcfg = fit if fit is not None else FitConfig()

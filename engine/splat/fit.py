@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 import numpy as np
 
 from ..cameras import Camera
+from ..device import resolve_device
 from ..errors import CameraError, NumericalError, PosedSetError, ResourceError
 from ..io.types import PosedSet
 from ..progress import CancelToken, ProgressCallback, check, report
@@ -130,26 +131,6 @@ class FitResult:
     iterations: int = 0
     pose_views: "list[ViewReliability] | None" = None
     warnings: list[str] = field(default_factory=list)
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from ..errors import DependencyError
-
-        raise DependencyError("device 'cuda' was asked for but no CUDA GPU is available", "use --device auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        from ..errors import DependencyError
-
-        raise DependencyError("device 'mps' was asked for but Apple MPS is not available", "use --device auto or cpu")
-    return torch.device(name)
 
 
 def se3_exp(delta):
