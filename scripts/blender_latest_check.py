@@ -7,7 +7,7 @@ although Blender's Python has no torch), then two jobs through the operators, ea
 leave a textured mesh in the scene:
 
 1. Reconstruct from Cameras: a subdivided, noise-textured Suzanne seen by ``--cams`` cameras
-   (Cycles renders at ``--size`` px as their background images); Refine Cameras as ``--refine-cameras``.
+   (Cycles renders at ``--size`` px as their background images); Refine Cameras on as in the panel (``--no-refine-cameras`` turns it off).
 2. Photos Without Cameras: ``--photos`` Cycles renders (``--photo-size`` px, 32 samples) of the
    same object in a folder, the cameras deleted; the job estimates them and adds them with the mesh.
 
@@ -35,7 +35,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--photos", type=int, default=24)
     p.add_argument("--photo-size", type=int, default=320)
-    p.add_argument("--refine-cameras", action="store_true", help="Reconstruct with Refine Cameras on (the default in the panel)")
+    p.add_argument("--no-refine-cameras", dest="refine_cameras", action="store_false",
+                   help="Reconstruct with Refine Cameras off (on is the panel's default)")
     p.add_argument("--skip-photos", action="store_true")
     p.add_argument("--skip-reconstruct", action="store_true")
     p.add_argument("--capture", default="", help="copy the Reconstruct job's posed set, spec and output to this folder")

@@ -17,7 +17,7 @@
 #                             /work/main/.venv/bin/python); it must have the engine's packages
 #   VIEWFORGE_BPY_VERSION     bpy to install (default 5.3.0)
 #   DEBIAN_MIRROR             default http://deb.debian.org/debian
-#   VIEWFORGE_LATEST_ARGS     extra arguments for blender_latest_check.py (e.g. "--refine-cameras")
+#   VIEWFORGE_LATEST_ARGS     extra arguments for blender_latest_check.py (e.g. "--no-refine-cameras")
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -49,6 +49,9 @@ class FitConfig:
     sh_degree: final spherical-harmonics degree (0-3); raised by one every ``sh_interval`` steps.
     init_points: number of initial Gaussians (visual hull from masks, else uniform in the bounds).
     init_opacity: initial opacity.
+    init_min_views: a visual-hull point is kept only when at least this many cameras see it (all
+        of them when there are fewer); 2 leaves out the scene cube's corners that one occluded
+        camera sees and nothing carves, which otherwise stay as floaters.
     ssim_weight: weight of (1 - SSIM) against L1.
     mask_weight: weight of the |alpha - mask| loss (sets with masks only).
     random_background: composite targets on a random colour each step (needs masks).
@@ -87,6 +90,7 @@ class FitConfig:
     sh_interval: int = 500
     init_points: int = 20000
     init_opacity: float = 0.1
+    init_min_views: int = 2
     ssim_weight: float = 0.2
     mask_weight: float = 0.1
     random_background: bool = True
@@ -175,7 +179,7 @@ def _view_schedule(n: int, weights: "Sequence[float] | None") -> np.ndarray:
 
 def _initial(posed: PosedSet, cfg: FitConfig) -> Splats:
     if posed.masks is not None:
-        pts, cols, spacing = visual_hull_points(posed, cfg.init_points, seed=cfg.seed)
+        pts, cols, spacing = visual_hull_points(posed, cfg.init_points, seed=cfg.seed, min_views=cfg.init_min_views)
     else:
         pts, cols, spacing = random_points(posed.cameras, cfg.init_points, seed=cfg.seed)
     return init_splats(pts, cols, spacing, cfg.sh_degree, cfg.init_opacity, cfg.seed)

@@ -100,8 +100,8 @@ def visual_hull_points(
     ``threshold``, nearest pixel) of every image it projects into. A point inside one camera's
     view only is carved by no other mask: on an orbit these are the corners of the scene cube
     behind the object, which one photo sees (occluded) and nothing constrains; Gaussians started
-    there stay as floaters. ``min_views=2`` leaves them out; the fit keeps the default 1 (the
-    two-view rule moves the fit's pose-refinement results, docs/reconstruction.md). Returns points (M, 3), colours (M, 3) in [0, 1] and the lattice
+    there stay as floaters. ``min_views=2`` leaves them out (the fit's default,
+    ``FitConfig.init_min_views``). Returns points (M, 3), colours (M, 3) in [0, 1] and the lattice
     spacing. Raises PosedSetError when the masks are empty or the cameras see nothing in common.
     """
     if posed.masks is None:
