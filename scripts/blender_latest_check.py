@@ -223,9 +223,9 @@ def main() -> int:
         import json
         import shutil
 
-        from viewforge.bridge import reconstruct as bridge_reconstruct
+        from viewforge.bridge.prepared import PreparedJob
 
-        cleanup = bridge_reconstruct.PreparedJob.cleanup
+        cleanup = PreparedJob.cleanup
 
         def keep(self, cleanup=cleanup):
             if self.work_dir is not None:
@@ -234,7 +234,7 @@ def main() -> int:
                 (dst / "spec.json").write_text(json.dumps(self.spec.to_dict(), indent=1, default=str))
             cleanup(self)
 
-        bridge_reconstruct.PreparedJob.cleanup = keep
+        PreparedJob.cleanup = keep
         np.save(Path(capture) / "source_box.npy", world_box(source))
     before = set(bpy.data.objects)
     t = time.perf_counter()

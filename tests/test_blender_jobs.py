@@ -357,7 +357,7 @@ def test_generate_missing_weights_is_one_clear_error(registered, tmp_path, monke
     """The registry id with an empty model cache and online access off: refused with the model's
     name, download size and how to allow the download; the scene and the output folder unchanged."""
     from viewforge.bridge import jobs
-    from viewforge.bridge.generate import weights_status
+    from viewforge.bridge.weights import weights_status
 
     bpy = registered
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
@@ -383,7 +383,7 @@ def test_generate_missing_weights_is_one_clear_error(registered, tmp_path, monke
 def test_weights_status_reads_the_cache_only(registered, tmp_path, monkeypatch):
     """A complete snapshot of the pinned revision in the cache counts as downloaded; a local
     model folder is ready as it is; nothing touches the network."""
-    from viewforge.bridge.generate import hub_cache_dir, weights_status
+    from viewforge.bridge.weights import hub_cache_dir, weights_status
     from viewforge.engine.mvgen.zero123pp import INFO, SPEC
 
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)

@@ -136,7 +136,8 @@ def test_camera_updates_skip_parented_animated_and_deleted_cameras(registered):
     from mathutils import Matrix
 
     from viewforge.bridge.cameras import create_bpy_camera
-    from viewforge.bridge.reconstruct import apply_camera_updates, camera_report
+    from viewforge.bridge.prepared import apply_camera_updates
+    from viewforge.bridge.reconstruct import camera_report
 
     scene = bpy.context.scene
     cams = [create_bpy_camera(_engine_camera(i, 6, SIZE), scene, name=f"C{i}") for i in range(5)]

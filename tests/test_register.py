@@ -22,10 +22,10 @@ def _viewforge_types(bpy):
 @pytest.mark.blender
 def test_register_unregister_twice_leaves_nothing(blender):
     import viewforge
-    from viewforge import operators, panels
+    from viewforge import operators, panels, properties
 
     bpy = blender
-    classes = [*operators.CLASSES, *panels.CLASSES]
+    classes = [*properties.CLASSES, *operators.CLASSES, *panels.CLASSES]
     names = [cls.__name__ for cls in classes if cls.__name__.startswith("VIEWFORGE_")]
     assert "VIEWFORGE_OT_cameras_from_transforms" in names and "VIEWFORGE_PT_main" in names
     assert not any(cls.is_registered for cls in classes)
@@ -187,8 +187,8 @@ def test_panels_draw_the_operators_and_settings(blender):
 def test_preferences_draw_device_cache_and_dependency_status(blender, monkeypatch):
     import viewforge
     from viewforge.bridge import deps
-    from viewforge.operators.settings import get_preferences
-    from viewforge.panels.main import draw_preferences
+    from viewforge.panels.preferences import draw_preferences
+    from viewforge.properties import get_preferences
 
     real = deps.find_spec
     monkeypatch.setattr(deps, "find_spec", lambda name: None if name == "diffusers" else real(name))
