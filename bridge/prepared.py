@@ -132,7 +132,7 @@ def import_result(prepared: PreparedJob, result, location=None) -> Any:
     return obj
 
 
-def _changed(update: dict) -> bool:
+def pose_changed(update: dict) -> bool:
     """Whether the refinement changed this camera's pose (an entry of the metrics' ``cameras``)."""
     return update.get("rotation_deg", 0.0) > 1e-4 or update.get("moved", 0.0) > 1e-7
 
@@ -149,7 +149,7 @@ def apply_camera_updates(camera_names: list[str], updates: list[dict]) -> list[s
         return [f"the job refined {len(updates)} cameras but {len(camera_names)} were sent: none was moved"]
     warnings = []
     for name, u in zip(camera_names, updates):
-        if not _changed(u):
+        if not pose_changed(u):
             continue
         obj = bpy.data.objects.get(name)
         why = ("was deleted while the job ran" if obj is None or obj.type != "CAMERA" else

@@ -47,7 +47,7 @@ from typing import Any
 from ..engine.cameras import transforms_from_cameras
 from ..engine.errors import CameraError, ImageError, InputError, OutputError
 from ..engine.jobs import JobSpec
-from .prepared import OUTPUT_SUFFIX, WORKER_NICE, PreparedJob, _abspath, _changed, import_result, output_path
+from .prepared import OUTPUT_SUFFIX, WORKER_NICE, PreparedJob, _abspath, import_result, output_path, pose_changed
 
 #: Photo files matched by camera name in a photo folder (in this order of preference).
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".webp", ".bmp")
@@ -339,7 +339,7 @@ def prepare_reconstruct(scene, req: ReconstructRequest, view_layer=None) -> Prep
 
 def camera_report(updates: list[dict], applied: bool) -> str:
     """One clause for the job's report: how many cameras the refinement changed and by how much."""
-    changed = [u for u in updates if _changed(u)]
+    changed = [u for u in updates if pose_changed(u)]
     if not updates:
         return ""
     if not changed:
