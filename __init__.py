@@ -9,15 +9,17 @@ _SITE_PACKAGES: list[str] = []
 
 
 def _ui_classes() -> list[type]:
-    from . import operators, panels
+    """Every class to register, in order: the scene settings' PropertyGroup, the operators, the
+    preferences and panels (which name the operators)."""
+    from . import operators, panels, properties
 
-    return [*operators.CLASSES, *panels.CLASSES]
+    return [*properties.CLASSES, *operators.CLASSES, *panels.CLASSES]
 
 
 def register() -> None:
     import bpy
 
-    from . import operators, panels
+    from . import panels, properties
     from .bridge import deps, engine_python, jobs
 
     engine_python.warn_blender_version()  # once, for a Blender newer than the newest tested
@@ -27,7 +29,7 @@ def register() -> None:
     for cls in _ui_classes():
         bpy.utils.register_class(cls)
         _REGISTERED.append(cls)
-    operators.register_properties()
+    properties.register_properties()
     panels.register_menus()
     jobs.register_handlers()
 
@@ -35,12 +37,12 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import operators, panels
+    from . import panels, properties
     from .bridge import deps, jobs
 
     jobs.unregister_handlers()  # stops a running job (its result is not imported)
     panels.unregister_menus()
-    operators.unregister_properties()
+    properties.unregister_properties()
     for cls in reversed(_REGISTERED):
         bpy.utils.unregister_class(cls)
     _REGISTERED.clear()

@@ -56,12 +56,18 @@ class Outcome:
 
 ACTIVE: ActiveJob | None = None
 LAST: Outcome | None = None
-#: Called with the finished Outcome (the modal operator listens to report it).
-_listeners: list[Callable[[Outcome], None]] = []
 
 
 def is_running() -> bool:
     return ACTIVE is not None
+
+
+def check_idle() -> None:
+    """Raise :class:`InputError` when a job is running (one job at a time)."""
+    if ACTIVE is not None:
+        raise InputError(
+            f"another Viewforge job ({ACTIVE.label}) is running", "wait for it to finish or cancel it (Esc or the Cancel button)"
+        )
 
 
 def status() -> dict[str, Any] | None:
@@ -106,14 +112,14 @@ def start(handle: Any, label: str, on_success: Callable[[Any], str] | None = Non
     """Make ``handle`` the active job (one at a time) and, with ``timer``, poll it from a Blender
     timer. Raises :class:`InputError` (after killing ``handle``) when another job runs."""
     global ACTIVE
-    if ACTIVE is not None:
+    try:
+        check_idle()
+    except InputError:
         handle.cancel()
         handle.kill()
         if cleanup is not None:
             cleanup()
-        raise InputError(
-            f"another Viewforge job ({ACTIVE.label}) is running", "wait for it to finish or cancel it (Esc or the Cancel button)"
-        )
+        raise
     ACTIVE = ActiveJob(handle, label, on_success, cleanup)
     if timer:
         import bpy
@@ -158,11 +164,6 @@ def _finish(job: ActiveJob) -> Outcome:
                 log.exception("clean-up after %s failed", job.label)
     LAST = outcome
     (log.info if outcome.state == "done" else log.warning)("%s: %s", job.label, outcome.message)
-    for listener in list(_listeners):
-        try:
-            listener(outcome)
-        except Exception:  # noqa: BLE001
-            log.exception("job listener failed")
     _redraw()
     return outcome
 
@@ -241,15 +242,6 @@ def stop_all() -> None:
             bpy.app.timers.unregister(tick)
     except Exception:  # noqa: BLE001
         pass
-
-
-def add_listener(fn: Callable[[Outcome], None]) -> None:
-    _listeners.append(fn)
-
-
-def remove_listener(fn: Callable[[Outcome], None]) -> None:
-    if fn in _listeners:
-        _listeners.remove(fn)
 
 
 def _on_load_pre(*_args) -> None:

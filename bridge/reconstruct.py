@@ -9,9 +9,9 @@
    :class:`~viewforge.engine.jobs.JobSpec` for it. It changes nothing in the scene.
 2. :func:`start_reconstruct` runs the job in a worker process (:class:`~viewforge.engine.jobs.
    JobProcess`) as the active job of :mod:`.jobs`.
-3. When the job succeeds, :func:`import_result` (main thread) reads the output mesh and builds it
-   with :func:`.mesh.mesh_to_blender` in the scene's master collection, then pushes one undo
-   step. The GLB is in the cameras' world frame, so the object sits where the cameras look.
+3. When the job succeeds, :func:`.prepared.import_result` (main thread) reads the output mesh
+   and builds it with :func:`.mesh.mesh_to_blender` in the scene's master collection, then pushes
+   one undo step. The GLB is in the cameras' world frame, so the object sits where the cameras look.
 
 Camera refinement (``refine_cameras``, on by default): scene cameras are trusted but approximate;
 the job refines their poses against the photos (engine/recon.py ``pose_refine``: with 1-4 photos
@@ -35,9 +35,7 @@ without a photo are skipped with a warning; a *selected* camera without a photo 
 
 from __future__ import annotations
 
-import logging
 import os
-import re
 import shutil
 import struct
 import tempfile
@@ -49,19 +47,13 @@ from typing import Any
 from ..engine.cameras import transforms_from_cameras
 from ..engine.errors import CameraError, ImageError, InputError, OutputError
 from ..engine.jobs import JobSpec
-
-log = logging.getLogger(__name__)
+from .prepared import OUTPUT_SUFFIX, WORKER_NICE, PreparedJob, _abspath, import_result, output_path, pose_changed
 
 #: Photo files matched by camera name in a photo folder (in this order of preference).
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".webp", ".bmp")
 #: Fewest photos a reconstruction accepts (one photo only with completion by the generator).
 MIN_PHOTOS = 2
-#: CPU priority decrease of interactive jobs' workers (the UI keeps its share of the cores).
-WORKER_NICE = 5
-#: Output format of the operator's job (the textured mesh of the mesh stage).
-OUTPUT_SUFFIX = ".glb"
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -93,27 +85,6 @@ class ReconstructRequest:
     update_cameras: bool = False
     #: The engine Python to run the job in (:mod:`.engine_python`; "" = Blender's Python).
     engine_python: str = ""
-
-
-@dataclass
-class PreparedJob:
-    """A checked job: its spec, the temporary folder with the posed set (None when the job reads
-    the user's photo folder directly: photos without cameras), where to import."""
-
-    spec: JobSpec
-    work_dir: Path | None
-    scene_name: str
-    object_name: str
-    keep_output: bool = True
-    camera_names: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    cameras_out: Path | None = None
-    update_cameras: bool = False
-    camera_warnings: list[str] = field(default_factory=list)
-
-    def cleanup(self) -> None:
-        if self.work_dir is not None:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,43 +131,6 @@ def folder_photos(folder: str | os.PathLike) -> dict[str, Path]:
             if key not in found or rank[s] < rank[found[key].suffix.lower()]:
                 found[key] = f
     return found
-
-
-def _abspath(path: str) -> str:
-    import bpy
-
-    return bpy.path.abspath(path) if path else path
-
-
-def output_path(scene, req: ReconstructRequest) -> Path:
-    """The output file for a new job: a fresh name (``_1``, ``_2``... when taken) in a folder that
-    exists (created) and can be written; :class:`OutputError` otherwise."""
-    import bpy
-
-    folder = _abspath(req.output_folder)
-    if not folder:
-        blend = bpy.data.filepath
-        folder = os.path.dirname(blend) if blend else os.path.join(tempfile.gettempdir(), "viewforge")
-    out_dir = Path(folder).expanduser().absolute()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".viewforge-write-test-", dir=out_dir)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise OutputError(
-            f"the output folder {out_dir} cannot be written ({reason})",
-            "choose another Output Folder in the Viewforge panel",
-        ) from None
-    stem = _SAFE.sub("_", req.output_name or f"{scene.name}_reconstruction").strip("._") or "reconstruction"
-    suffix = req.output_suffix
-    path = out_dir / f"{stem}{suffix}"
-    k = 1
-    while path.exists():
-        path = out_dir / f"{stem}_{k}{suffix}"
-        k += 1
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +245,7 @@ def _completion_weights(req: ReconstructRequest, photos: int) -> list[str]:
     empty. Returns warnings (e.g. a download about to happen)."""
     from ..engine.errors import DependencyError
     from ..engine.recon import wants_completion
-    from .generate import check_weights
+    from .weights import check_weights
 
     if not wants_completion(req.complete, photos):
         return []
@@ -353,7 +287,7 @@ def _prepare_photos_without_cameras(scene, req: ReconstructRequest) -> PreparedJ
             f"{folder} holds {len(photos)} photo(s) ({', '.join(PHOTO_SUFFIXES)}); estimating cameras needs at least 2",
             "add overlapping photos of the object from several sides",
         )
-    out = output_path(scene, req)
+    out = output_path(scene, req.output_folder, req.output_name, req.output_suffix)
     _check_dependencies(req, "reconstruct_photos")
     warnings = _completion_weights(req, len(photos))
     cameras_out = out.with_name(f"{out.stem}_cameras")
@@ -381,7 +315,7 @@ def prepare_reconstruct(scene, req: ReconstructRequest, view_layer=None) -> Prep
     if req.photo_source == "PHOTOS":
         return _prepare_photos_without_cameras(scene, req)
     items, warnings = _cameras_with_photos(scene, req, view_layer)
-    out = output_path(scene, req)
+    out = output_path(scene, req.output_folder, req.output_name, req.output_suffix)
     _check_dependencies(req, "reconstruct")
     warnings += _completion_weights(req, len(items))
     work = Path(tempfile.mkdtemp(prefix="viewforge-job-"))
@@ -403,52 +337,9 @@ def prepare_reconstruct(scene, req: ReconstructRequest, view_layer=None) -> Prep
 # ---------------------------------------------------------------------------------------------
 
 
-def import_result(prepared: PreparedJob, result, location=None) -> Any:
-    """Build the job's output mesh in the job's scene (main thread), and the estimated cameras
-    when the job estimated them (photos without cameras), as one undo step; ``location`` moves
-    the new object (generate mode: the 3D cursor). With ``prepared.update_cameras`` the scene's
-    cameras are moved to their refined poses in the same undo step (:func:`apply_camera_updates`;
-    its warnings are kept in ``prepared.camera_warnings`` for the report)."""
-    import bpy
-
-    from .mesh import mesh_to_blender, read_result_mesh
-
-    scene = bpy.data.scenes.get(prepared.scene_name)
-    if scene is None:
-        raise InputError(
-            f"the scene '{prepared.scene_name}' the job was started from no longer exists; the result is in {result.output}",
-            "import the file with File > Import > glTF 2.0",
-        )
-    mesh = read_result_mesh(result.output)
-    cameras = None
-    if prepared.cameras_out is not None:
-        from .posed import import_transforms
-
-        cameras = import_transforms(prepared.cameras_out / "transforms.json", scene, set_render=True)
-    try:
-        obj = mesh_to_blender(mesh, name=prepared.object_name, collection=scene.collection, scene=scene)
-    except BaseException:
-        if cameras is not None:
-            _remove_cameras(cameras)
-        raise
-    if location is not None:
-        obj.location = location
-    if prepared.update_cameras and result.metrics.get("cameras"):
-        prepared.camera_warnings = apply_camera_updates(prepared.camera_names, result.metrics["cameras"])
-    if not prepared.keep_output:
-        Path(result.output).unlink(missing_ok=True)
-    push_undo(f"Viewforge: {obj.name}")
-    return obj
-
-
-def _changed(update: dict) -> bool:
-    """Whether the refinement changed this camera's pose (an entry of the metrics' ``cameras``)."""
-    return update.get("rotation_deg", 0.0) > 1e-4 or update.get("moved", 0.0) > 1e-7
-
-
 def camera_report(updates: list[dict], applied: bool) -> str:
     """One clause for the job's report: how many cameras the refinement changed and by how much."""
-    changed = [u for u in updates if _changed(u)]
+    changed = [u for u in updates if pose_changed(u)]
     if not updates:
         return ""
     if not changed:
@@ -459,85 +350,13 @@ def camera_report(updates: list[dict], applied: bool) -> str:
                    "; the scene's cameras were left as they were (Update Cameras moves them)")
 
 
-def apply_camera_updates(camera_names: list[str], updates: list[dict]) -> list[str]:
-    """Move the scene's camera objects (``camera_names``, the job's cameras in order) to their
-    refined poses (the metrics' ``cameras`` entries, same order). Each camera keeps its scale and
-    its data (lens, sensor, shift); an animated, parented or constrained camera, or one deleted
-    while the job ran, is left as it is. Returns one warning per camera left."""
-    import bpy
-    from mathutils import Matrix
-
-    if len(updates) != len(camera_names):
-        return [f"the job refined {len(updates)} cameras but {len(camera_names)} were sent: none was moved"]
-    warnings = []
-    for name, u in zip(camera_names, updates):
-        if not _changed(u):
-            continue
-        obj = bpy.data.objects.get(name)
-        why = ("was deleted while the job ran" if obj is None or obj.type != "CAMERA" else
-               "is parented" if obj.parent is not None else
-               "has constraints" if len(obj.constraints) else
-               "is animated" if obj.animation_data is not None and obj.animation_data.action is not None else None)
-        if why:
-            warnings.append(f"camera '{name}' {why}: its refined pose ({u['rotation_deg']:.2f} degrees) was not applied")
-            continue
-        _, _, scale = obj.matrix_world.decompose()
-        loc, rot, _ = Matrix(u["camera_to_world_gl"]).decompose()
-        obj.matrix_world = Matrix.LocRotScale(loc, rot, scale)
-    return warnings
-
-
-def _remove_cameras(imported) -> None:
-    """Undo :func:`.posed.import_transforms` (an import that failed half-way)."""
-    import bpy
-
-    images = {o.data.background_images[0].image for o in imported.objects if len(o.data.background_images)}
-    for o in imported.objects:
-        data = o.data
-        bpy.data.objects.remove(o)
-        bpy.data.cameras.remove(data)
-    bpy.data.collections.remove(imported.collection)
-    for image in images:
-        if image is not None and image.users == 0:
-            bpy.data.images.remove(image)
-
-
-def push_undo(message: str) -> None:
-    """One undo step for what was just created (a no-op where undo is off, e.g. background mode)."""
-    import bpy
-
-    try:
-        wm = bpy.context.window_manager
-        window = bpy.context.window or (wm.windows[0] if wm is not None and len(wm.windows) else None)
-        if window is not None and bpy.context.window is None:
-            with bpy.context.temp_override(window=window):
-                bpy.ops.ed.undo_push(message=message)
-        else:
-            bpy.ops.ed.undo_push(message=message)
-    except Exception:  # noqa: BLE001  (no undo here: nothing to do)
-        log.debug("undo push skipped", exc_info=True)
-
-
-def worker_env(model_cache: str = "", offline: bool = False) -> dict[str, str]:
-    """Environment of the worker: the model cache folder and the offline switch."""
-    env = {}
-    if model_cache:
-        env["HF_HOME"] = _abspath(model_cache)
-    if offline:
-        env["HF_HUB_OFFLINE"] = "1"
-    return env
-
-
 def start_reconstruct(scene, req: ReconstructRequest, view_layer=None, env: dict[str, str] | None = None,
                       timer: bool = True) -> PreparedJob:  # fmt: skip
     """Prepare and start the job as the active job (see :mod:`.jobs`); returns it prepared."""
     from ..engine.jobs import JobProcess
     from . import jobs
 
-    if jobs.is_running():
-        raise InputError(
-            f"another Viewforge job ({jobs.ACTIVE.label}) is running", "wait for it to finish or cancel it (Esc or the Cancel button)"
-        )
+    jobs.check_idle()
     prepared = prepare_reconstruct(scene, req, view_layer)
     nice = WORKER_NICE if timer else 0
     try:
@@ -569,17 +388,11 @@ def start_reconstruct(scene, req: ReconstructRequest, view_layer=None, env: dict
 
 
 __all__ = [
-    "OUTPUT_SUFFIX",
     "PHOTO_SUFFIXES",
-    "PreparedJob",
     "ReconstructRequest",
-    "apply_camera_updates",
     "camera_report",
     "folder_photos",
     "image_file_size",
-    "import_result",
-    "output_path",
     "prepare_reconstruct",
     "start_reconstruct",
-    "worker_env",
 ]

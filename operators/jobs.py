@@ -20,7 +20,7 @@ import bpy
 from bpy.props import EnumProperty, StringProperty
 
 from ..engine.errors import ViewforgeError
-from .settings import get_preferences
+from ..properties import get_preferences
 
 
 def _report_outcome(op, outcome) -> set[str]:
@@ -81,11 +81,22 @@ class _JobOperator:
         return {"PASS_THROUGH"}
 
 
-def _deps_poll(cls, kind: str) -> bool:
-    from ..bridge import deps, engine_python, jobs
+def _idle_poll(cls) -> bool:
+    """No job is running (else the operator is disabled with the reason)."""
+    from ..bridge import jobs
 
-    if jobs.is_running():
-        cls.poll_message_set(f"A Viewforge job ({jobs.ACTIVE.label}) is running: wait for it or cancel it")
+    try:
+        jobs.check_idle()
+    except ViewforgeError as e:
+        cls.poll_message_set(e.one_line())
+        return False
+    return True
+
+
+def _deps_poll(cls, kind: str) -> bool:
+    from ..bridge import deps, engine_python
+
+    if not _idle_poll(cls):
         return False
     if engine_python.configured(get_preferences()):
         return True  # the job runs in the engine Python: it is checked when the job starts
@@ -109,7 +120,8 @@ class VIEWFORGE_OT_reconstruct(_JobOperator, bpy.types.Operator):
 
     def start_job(self, context):
         from ..bridge import engine_python
-        from ..bridge.reconstruct import ReconstructRequest, start_reconstruct, worker_env
+        from ..bridge.prepared import worker_env
+        from ..bridge.reconstruct import ReconstructRequest, start_reconstruct
 
         s = context.scene.viewforge
         prefs = get_preferences(context)
@@ -211,12 +223,7 @@ class VIEWFORGE_OT_install_dependencies(_JobOperator, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        from ..bridge import jobs
-
-        if jobs.is_running():
-            cls.poll_message_set(f"A Viewforge job ({jobs.ACTIVE.label}) is running: wait for it or cancel it")
-            return False
-        return True
+        return _idle_poll(cls)
 
     def start_job(self, context):
         from pathlib import Path

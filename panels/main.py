@@ -1,5 +1,5 @@
-"""The Viewforge sidebar panel (3D viewport > Sidebar > Viewforge), the preferences' layout, the
-status-bar progress and the File menu entries. Drawing only: the operators do the work."""
+"""The Viewforge sidebar panel (3D viewport > Sidebar > Viewforge), the status-bar progress and the
+File menu entries. Drawing only: the operators do the work."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from ..operators.cameras import VIEWFORGE_OT_cameras_from_transforms, VIEWFORGE_
 from ..operators.jobs import (
     VIEWFORGE_OT_cancel,
     VIEWFORGE_OT_generate,
-    VIEWFORGE_OT_install_dependencies,
     VIEWFORGE_OT_reconstruct,
 )
 
@@ -34,10 +33,7 @@ def draw_job(layout, context) -> bool:
     if s is not None:
         box = layout.box()
         text = "Cancelling..." if s["cancelling"] else f"{s['label'].capitalize()}: {s['stage']} {100 * s['fraction']:.0f}%"
-        if hasattr(box, "progress"):
-            box.progress(factor=s["fraction"], type="BAR", text=text)
-        else:  # Blender < 4.0
-            box.label(text=text, icon="TIME")
+        box.progress(factor=s["fraction"], type="BAR", text=text)
         if s["message"] and not s["cancelling"]:
             box.label(text=s["message"])
         box.operator(VIEWFORGE_OT_cancel.bl_idname, text="Cancel (Esc)", icon="CANCEL")
@@ -53,7 +49,7 @@ def draw_job(layout, context) -> bool:
 
 def _draw_missing(layout, kind: str) -> None:
     from ..bridge import deps, engine_python
-    from ..operators.settings import get_preferences
+    from ..properties import get_preferences
 
     if engine_python.configured(get_preferences()):
         return  # jobs run in the engine Python (checked when they start)
@@ -68,8 +64,8 @@ def draw_model_status(layout, settings, context) -> None:
     """The generator's weights: in the cache (and their licence), or not yet: licence, download
     size and whether a download is allowed (Blender's online access, the Offline preference).
     Looks at the file system only."""
-    from ..bridge.generate import weights_status
-    from ..operators.settings import get_preferences
+    from ..bridge.weights import weights_status
+    from ..properties import get_preferences
 
     prefs = get_preferences(context)
     st = weights_status(settings.model, prefs.model_cache)
@@ -207,47 +203,6 @@ class VIEWFORGE_PT_cameras_io(bpy.types.Panel):
             op.selected_only = settings.selected_only
 
 
-def draw_preferences(prefs, layout, context) -> None:
-    """The add-on preferences: device, model cache, offline mode, dependencies."""
-    from ..bridge import deps
-
-    from ..bridge import engine_python
-    from ..operators.jobs import VIEWFORGE_OT_check_engine_python
-
-    layout.prop(prefs, "device")
-    layout.prop(prefs, "model_cache")
-    layout.prop(prefs, "offline")
-
-    box = layout.box()
-    box.label(text="Engine Python", icon="CONSOLE")
-    box.prop(prefs, "engine_python", text="")
-    python = engine_python.configured(prefs)
-    info = engine_python.last_check(python)
-    if not python:
-        box.label(text="Empty: jobs run in Blender's Python with the dependencies below", icon="INFO")
-    elif info is not None:
-        box.label(text=info.summary(), icon="CHECKMARK")
-    elif not prefs.engine_python:
-        box.label(text=f"From ${engine_python.ENV_VAR}: {python}", icon="INFO")
-    box.operator(VIEWFORGE_OT_check_engine_python.bl_idname, icon="CHECKMARK")
-
-    box = layout.box()
-    box.label(text="Engine Dependencies", icon="PACKAGE")
-    for kind, title in (("reconstruct", "Reconstruct"), ("generate", "Generate")):
-        names = deps.missing(kind)
-        box.label(
-            text=f"{title}: " + ("all installed" if not names else f"missing {', '.join(names)}"),
-            icon="CHECKMARK" if not names else "ERROR",
-        )
-    box.prop(prefs, "install_platform")
-    box.prop(prefs, "wheel_folder")
-    box.prop(prefs, "extra_index_url")
-    if not prefs.wheel_folder and not deps.online_access():
-        box.label(text="Online access is off (Preferences > System > Network): set a local wheel folder", icon="INFO")
-    if not draw_job(box, context):
-        box.operator(VIEWFORGE_OT_install_dependencies.bl_idname, icon="IMPORT")
-
-
 def _draw_status(self, context) -> None:
     """Status bar: the running job's progress and a Cancel button."""
     from ..bridge import jobs
@@ -256,11 +211,7 @@ def _draw_status(self, context) -> None:
     if s is None:
         return
     row = self.layout.row(align=True)
-    text = jobs.status_line()
-    if hasattr(row, "progress"):
-        row.progress(factor=s["fraction"], type="RING", text=text)
-    else:
-        row.label(text=text)
+    row.progress(factor=s["fraction"], type="RING", text=jobs.status_line())
     row.operator(VIEWFORGE_OT_cancel.bl_idname, text="", icon="CANCEL")
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import os
 import sys
 import time
@@ -43,78 +42,10 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def suzanne(bpy):
-    """A subdivided Suzanne with a high-contrast noise texture (detail for SIFT), lit by a sun and the world."""
-    bpy.ops.mesh.primitive_monkey_add(size=1.5)
-    obj = bpy.context.active_object
-    obj.modifiers.new("Subdivision", "SUBSURF").levels = 2
-    bpy.ops.object.modifier_apply(modifier="Subdivision")
-    mat = bpy.data.materials.new("Suzanne")
-    nodes, links = mat.node_tree.nodes, mat.node_tree.links
-    bsdf = next(nd for nd in nodes if nd.type == "BSDF_PRINCIPLED")
-    noise = nodes.new("ShaderNodeTexNoise")
-    noise.inputs["Scale"].default_value, noise.inputs["Detail"].default_value = 12.0, 8.0
-    ramp = nodes.new("ShaderNodeValToRGB")  # high-contrast blotches: features SIFT can match
-    stops = ramp.color_ramp.elements
-    stops[0].position, stops[0].color = 0.42, (0.05, 0.05, 0.3, 1.0)
-    stops[1].position, stops[1].color = 0.58, (0.95, 0.95, 0.9, 1.0)
-    mid = stops.new(0.5)
-    mid.color = (0.9, 0.5, 0.1, 1.0)
-    links.new(noise.outputs["Fac"], ramp.inputs["Fac"])
-    links.new(ramp.outputs["Color"], bsdf.inputs["Base Color"])
-    obj.data.materials.append(mat)
-    bpy.ops.object.light_add(type="SUN", location=(2, -2, 4))
-    bpy.context.active_object.data.energy = 2.0
-    scene = bpy.context.scene
-    if scene.world is None:
-        scene.world = bpy.data.worlds.new("World")
-    scene.world.color = (0.8, 0.8, 0.8)  # ambient light: the sides the sun misses keep their texture
-    scene.view_settings.view_transform = "Standard"
-    return obj
-
-
-def render_cameras(bpy, folder: Path, n: int, size: int, rings=(25, -10), prefix="Cam", samples=4, distance=4.0):
-    """``n`` cameras at ``distance`` around the origin (elevations alternating over ``rings``),
-    each rendered with Cycles (CPU, ``samples`` samples, transparent film) to ``folder/<name>.png``."""
-    from viewforge.bridge.cameras import create_bpy_camera
-    from viewforge.engine.cameras import Camera, look_at
-
-    scene = bpy.context.scene
-    scene.render.resolution_x = scene.render.resolution_y = size
-    scene.render.resolution_percentage = 100
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = samples
-    scene.cycles.use_denoising = False
-    scene.render.film_transparent = True
-    scene.render.image_settings.file_format = "PNG"
-    scene.render.image_settings.color_mode = "RGBA"
-    cams = []
-    for i in range(n):
-        a, el = 2 * math.pi * i / n, math.radians(rings[i % len(rings)])
-        eye = distance * np.array([math.cos(a) * math.cos(el), math.sin(a) * math.cos(el), math.sin(el)])
-        f = size / (2 * math.tan(math.radians(40) / 2))
-        cam = create_bpy_camera(Camera(f, f, size / 2, size / 2, size, size, look_at(eye, (0, 0, 0))), scene,
-                                name=f"{prefix}{i:02d}")  # fmt: skip
-        scene.camera = cam
-        scene.render.filepath = str(folder / f"{cam.name}.png")
-        bpy.ops.render.render(write_still=True)
-        cams.append(cam)
-    return cams
-
-
 def world_box(obj) -> np.ndarray:
-    v = np.empty(len(obj.data.vertices) * 3, np.float32)
-    obj.data.vertices.foreach_get("co", v)
-    m = np.array(obj.matrix_world)
-    v = v.reshape(-1, 3) @ m[:3, :3].T + m[:3, 3]
-    return np.stack([v.min(0), v.max(0)])
+    from blender_helpers import bbox, world_vertices
 
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    lo, hi = np.maximum(a[0], b[0]), np.minimum(a[1], b[1])
-    inter = np.prod(np.clip(hi - lo, 0, None))
-    return float(inter / (np.prod(a[1] - a[0]) + np.prod(b[1] - b[0]) - inter))
+    return bbox(world_vertices(obj))
 
 
 def texture_of(obj):
@@ -163,10 +94,12 @@ def main() -> int:
     if not (shim / "viewforge").exists():
         os.symlink(args.tree, shim / "viewforge")
     sys.path.insert(0, str(shim))
+    sys.path.insert(0, str(Path(args.tree) / "tests"))  # the test scenes (tests/blender_helpers.py)
     import bpy
 
     import viewforge
     from viewforge.bridge import engine_python, jobs
+    from blender_helpers import bbox_iou, ring_cameras, sun, suzanne, world_light
 
     check = Checks()
     figures: dict[str, str] = {}
@@ -204,13 +137,13 @@ def main() -> int:
 
     # --- Reconstruct from Cameras
     scene = bpy.context.scene
-    source = suzanne(bpy)
+    source = suzanne(bpy, "blotches")  # high-contrast blotches: features SIFT can match
+    sun(bpy, energy=2.0)
+    world_light(bpy, 0.8)  # ambient light: the sides the sun misses keep their texture
     if args.skip_reconstruct:
         args.cams = 0
     t = time.perf_counter()
-    cams = render_cameras(bpy, work / "renders", args.cams, args.size)
-    for cam in cams:
-        cam.data.background_images.new().image = bpy.data.images.load(str(work / "renders" / f"{cam.name}.png"))
+    ring_cameras(bpy, work / "renders", args.cams, args.size, name="Cam{i:02d}")
     figures["render_cameras_s"] = f"{time.perf_counter() - t:.0f}"
     source_box = world_box(source)
     source.hide_set(True)
@@ -224,9 +157,9 @@ def main() -> int:
         import json
         import shutil
 
-        from viewforge.bridge import reconstruct as bridge_reconstruct
+        from viewforge.bridge.prepared import PreparedJob
 
-        cleanup = bridge_reconstruct.PreparedJob.cleanup
+        cleanup = PreparedJob.cleanup
 
         def keep(self, cleanup=cleanup):
             if self.work_dir is not None:
@@ -235,7 +168,7 @@ def main() -> int:
                 (dst / "spec.json").write_text(json.dumps(self.spec.to_dict(), indent=1, default=str))
             cleanup(self)
 
-        bridge_reconstruct.PreparedJob.cleanup = keep
+        PreparedJob.cleanup = keep
         np.save(Path(capture) / "source_box.npy", world_box(source))
     before = set(bpy.data.objects)
     t = time.perf_counter()
@@ -248,7 +181,7 @@ def main() -> int:
     new = [o for o in bpy.data.objects if o not in before]
     obj = None if args.skip_reconstruct else textured_mesh(check, bpy, new, f"Reconstruct ({args.cams} cameras, {args.size} px, refine {args.refine_cameras})")
     if obj is not None:
-        iou = box_iou(world_box(obj), source_box)
+        iou = bbox_iou(world_box(obj), source_box)
         figures["reconstruct_iou"] = f"{iou:.2f}"
         figures["reconstruct_box"] = f"{np.round(world_box(obj), 2).tolist()} (Suzanne {np.round(source_box, 2).tolist()})"
         check(iou >= 0.75, f"Reconstruct: bounding-box IoU with Suzanne {iou:.2f}")
@@ -266,7 +199,8 @@ def main() -> int:
         photos = work / "photos"
         t = time.perf_counter()
         # 32 samples: SIFT needs photos without path-tracing noise (4 samples register 2 of 24)
-        for cam in render_cameras(bpy, photos, args.photos, args.photo_size, rings=(15, 35), prefix="p", samples=32, distance=3.2):
+        for cam in ring_cameras(bpy, photos, args.photos, args.photo_size, rings=(15, 35), distance=3.2, name="p{i:02d}",
+                                samples=32, background=False):  # fmt: skip
             bpy.data.objects.remove(cam)
         figures["render_photos_s"] = f"{time.perf_counter() - t:.0f}"
         source.hide_set(True)

@@ -52,6 +52,20 @@ def blender(bpy_module):
 
 
 @pytest.fixture
+def registered(blender):
+    """bpy (an empty scene) with the extension registered and no last job outcome; unregisters
+    after the test, and no job may be left running."""
+    import viewforge
+    from viewforge.bridge import jobs
+
+    viewforge.register()
+    jobs.LAST = None
+    yield blender
+    viewforge.unregister()
+    assert jobs.ACTIVE is None
+
+
+@pytest.fixture
 def python_exe() -> str:
     return sys.executable
 

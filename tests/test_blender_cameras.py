@@ -248,15 +248,6 @@ def test_round_trip_through_transforms_json(blender, tmp_path):
     _assert_scene_matches(blender, scene, ref, pts)
 
 
-@pytest.fixture
-def registered(blender):
-    import viewforge
-
-    viewforge.register()
-    yield blender
-    viewforge.unregister()
-
-
 def test_round_trip_through_operators(registered, tmp_path):
     """export_transforms -> files -> cameras_from_transforms in an empty scene reproduces the cameras."""
     from viewforge.bridge.images import image_to_array

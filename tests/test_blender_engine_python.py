@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from test_blender_jobs import bbox, bbox_iou, registered, scene_state, suzanne_scene, world_vertices  # noqa: F401
+from blender_helpers import bbox, bbox_iou, scene_state, suzanne_scene, world_vertices
 
 pytestmark = pytest.mark.blender
 

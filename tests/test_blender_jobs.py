@@ -8,8 +8,6 @@ takes seconds.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import signal
 import time
@@ -17,58 +15,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from blender_helpers import (
+    RecordingLayout,
+    bbox,
+    bbox_iou,
+    cycles_photos,
+    engine_camera,
+    one_undo_step,
+    photograph,
+    procedural_object,
+    scene_state,
+    suzanne_scene,
+    world_light,
+    world_vertices,
+)
 
 pytestmark = pytest.mark.blender
 
 RENDER_SIZE = 48
-
-
-@pytest.fixture
-def registered(blender):
-    import viewforge
-    from viewforge.bridge import jobs
-
-    viewforge.register()
-    jobs.LAST = None
-    yield blender
-    viewforge.unregister()
-    assert jobs.ACTIVE is None
-
-
-def scene_state(bpy) -> dict:
-    """Every datablock collection a job could touch, by name (plus the object transforms)."""
-    return {
-        "objects": sorted((o.name, tuple(round(v, 6) for v in o.matrix_world.col[3])) for o in bpy.data.objects),
-        "meshes": sorted(m.name for m in bpy.data.meshes),
-        "materials": sorted(m.name for m in bpy.data.materials),
-        "images": sorted(i.name for i in bpy.data.images),
-        "cameras": sorted(c.name for c in bpy.data.cameras),
-        "collections": sorted(c.name for c in bpy.data.collections),
-    }
-
-
-@contextlib.contextmanager
-def one_undo_step(bpy, operator):
-    """Runs ``operator`` (it must finish) on a scene saved as an undo step and yields the objects it
-    added; after the block one undo must leave every datablock collection as it was before."""
-    before = {o.name for o in bpy.data.objects}
-    bpy.ops.ed.undo_push(message="scene ready")
-    state = scene_state(bpy)
-    assert operator() == {"FINISHED"}
-    new = [o for o in bpy.data.objects if o.name not in before]
-    assert new and scene_state(bpy) != state
-    yield new
-    bpy.ops.ed.undo()
-    assert scene_state(bpy) == state
-
-
-def _engine_camera(i: int, n: int, size: int = RENDER_SIZE, elevation: float = 0.45, dist: float = 4.0):
-    from viewforge.engine.cameras import Camera, look_at
-
-    a = 2 * math.pi * i / n
-    eye = dist * np.array([math.cos(a) * math.cos(elevation), math.sin(a) * math.cos(elevation), math.sin(elevation)])
-    f = size / (2 * math.tan(math.radians(35) / 2))
-    return Camera(f, f, size / 2, size / 2, size, size, look_at(eye, (0, 0, 0)), name=f"Cam{i}")
 
 
 def add_cameras(bpy, n: int, photos: list | None = None, size: int = RENDER_SIZE):
@@ -80,7 +44,7 @@ def add_cameras(bpy, n: int, photos: list | None = None, size: int = RENDER_SIZE
     objs = []
     for i in range(n):
         photo = photos[i] if photos else None
-        objs.append(create_bpy_camera(_engine_camera(i, n, size), scene, name=f"Cam{i}", photo=photo))
+        objs.append(create_bpy_camera(engine_camera(i, n, size), scene, name=f"Cam{i}", photo=photo))
     return objs
 
 
@@ -93,74 +57,16 @@ def png_photo(bpy, path: Path, w: int = RENDER_SIZE, h: int = RENDER_SIZE, seed:
     return bpy.data.images.load(str(path))
 
 
-def procedural_object(bpy):
-    """A textured, non-symmetric object (a squashed UV sphere with a bump) with a noise material."""
-    bpy.ops.mesh.primitive_uv_sphere_add(segments=24, ring_count=12, radius=0.8, location=(0.1, -0.05, 0.0))
-    obj = bpy.context.active_object
-    obj.scale = (1.0, 0.7, 0.9)
-    bpy.ops.object.transform_apply(scale=True)
-    mat = bpy.data.materials.new("Procedural")
-    nodes, links = mat.node_tree.nodes, mat.node_tree.links
-    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
-    noise = nodes.new("ShaderNodeTexChecker")
-    noise.inputs["Scale"].default_value = 6.0
-    noise.inputs["Color1"].default_value = (0.9, 0.3, 0.1, 1)
-    noise.inputs["Color2"].default_value = (0.1, 0.4, 0.9, 1)
-    links.new(noise.outputs["Color"], bsdf.inputs["Base Color"])
-    obj.data.materials.append(mat)
-    return obj
-
-
-def cycles_photos(scene, size: int, samples: int) -> None:
-    """Render settings of the tests' photos: Cycles on the CPU, ``size`` px square, no denoising,
-    a transparent film, RGBA PNG files."""
-    scene.render.resolution_x = scene.render.resolution_y = size
-    scene.render.resolution_percentage = 100
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = samples
-    scene.cycles.use_denoising = False
-    scene.render.film_transparent = True
-    scene.render.image_settings.file_format = "PNG"
-    scene.render.image_settings.color_mode = "RGBA"
-
-
 def render_scene_photos(bpy, tmp: Path, n: int = 8):
     """Cameras around a procedural object, each with its Cycles render (RGBA) as its photo."""
     scene = bpy.context.scene
     obj = procedural_object(bpy)
     cams = add_cameras(bpy, n)
     cycles_photos(scene, RENDER_SIZE, samples=4)
-    scene.view_settings.view_transform = "Standard"
-    if scene.world is None:
-        scene.world = bpy.data.worlds.new("World")
-    scene.world.color = (1.0, 1.0, 1.0)
+    world_light(bpy, 1.0)
     for cam in cams:
-        scene.camera = cam
-        scene.render.filepath = str(tmp / f"{cam.name}.png")
-        bpy.ops.render.render(write_still=True)
-        image = bpy.data.images.load(scene.render.filepath)
-        bg = cam.data.background_images[0] if len(cam.data.background_images) else cam.data.background_images.new()
-        bg.image = image
+        photograph(bpy, cam, tmp / f"{cam.name}.png")
     return obj, cams
-
-
-def bbox(points: np.ndarray) -> np.ndarray:
-    return np.stack([points.min(0), points.max(0)])
-
-
-def bbox_iou(a: np.ndarray, b: np.ndarray) -> float:
-    lo, hi = np.maximum(a[0], b[0]), np.minimum(a[1], b[1])
-    inter = np.prod(np.clip(hi - lo, 0, None))
-    return float(inter / (np.prod(a[1] - a[0]) + np.prod(b[1] - b[0]) - inter))
-
-
-def world_vertices(obj) -> np.ndarray:
-    v = np.empty(len(obj.data.vertices) * 3, np.float32)
-    obj.data.vertices.foreach_get("co", v)
-    m = np.array(obj.matrix_world)
-    v = v.reshape(-1, 3)
-    return v @ m[:3, :3].T + m[:3, 3]
 
 
 def _fails(bpy, match: str, **settings) -> str:
@@ -177,12 +83,6 @@ def _fails(bpy, match: str, **settings) -> str:
 
     assert jobs.ACTIVE is None
     return text
-
-
-def _mesh_stage_available() -> bool:
-    from viewforge.engine import recon
-
-    return ".glb" in tuple(getattr(recon, "MESH_SUFFIXES", ())) or ".glb" in tuple(getattr(recon, "OUTPUT_SUFFIXES", ()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +257,7 @@ def test_generate_missing_weights_is_one_clear_error(registered, tmp_path, monke
     """The registry id with an empty model cache and online access off: refused with the model's
     name, download size and how to allow the download; the scene and the output folder unchanged."""
     from viewforge.bridge import jobs
-    from viewforge.bridge.generate import weights_status
+    from viewforge.bridge.weights import weights_status
 
     bpy = registered
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
@@ -383,7 +283,7 @@ def test_generate_missing_weights_is_one_clear_error(registered, tmp_path, monke
 def test_weights_status_reads_the_cache_only(registered, tmp_path, monkeypatch):
     """A complete snapshot of the pinned revision in the cache counts as downloaded; a local
     model folder is ready as it is; nothing touches the network."""
-    from viewforge.bridge.generate import hub_cache_dir, weights_status
+    from viewforge.bridge.weights import hub_cache_dir, weights_status
     from viewforge.engine.mvgen.zero123pp import INFO, SPEC
 
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
@@ -482,8 +382,7 @@ def test_worker_error_is_reported_by_the_operator(registered, tmp_path):
     s.output_folder, s.photo_source, s.photo_folder = str(tmp_path / "out"), "FOLDER", str(folder)
     s.quality, s.resolution, s.iterations = "DRAFT", 32, 20
     before = scene_state(bpy)
-    # without the mesh stage the worker's first check is the output format
-    match = "Cam1.*cannot be read|Cam1.*not.*image" if _mesh_stage_available() else "'.glb' output is not available"
+    match = "Cam1.*cannot be read|Cam1.*not.*image"
     with pytest.raises(RuntimeError, match=match) as info:
         bpy.ops.viewforge.reconstruct()
     assert "Fix:" in str(info.value)
@@ -497,8 +396,6 @@ def test_worker_error_is_reported_by_the_operator(registered, tmp_path):
 
 def test_reconstruct_operator_builds_an_aligned_textured_mesh(registered, tmp_path):
     bpy = registered
-    if not _mesh_stage_available():
-        pytest.skip("the mesh stage (engine/recon.py writing .glb) is not in this tree yet")
     source, cams = render_scene_photos(bpy, tmp_path / "renders", n=10)
     source_box = bbox(world_vertices(source))
     source.hide_set(True)
@@ -587,7 +484,6 @@ def test_manager_reports_an_import_failure_and_stop_all(registered):
 def test_status_bar_and_panel_show_a_running_job(registered):
     import types
 
-    from test_register import _Layout
     from viewforge.bridge import jobs
     from viewforge.panels.main import VIEWFORGE_PT_main, _draw_status
 
@@ -595,11 +491,11 @@ def test_status_bar_and_panel_show_a_running_job(registered):
     try:
         jobs.tick()
         log = []
-        _draw_status(types.SimpleNamespace(layout=_Layout(log)), registered.context)
+        _draw_status(types.SimpleNamespace(layout=RecordingLayout(log)), registered.context)
         assert log[0][0] == "progress" and log[0][1] == 0.5 and "reconstruct: fit 50%" in log[0][2]
         assert log[1][1] == "viewforge.cancel"
         log = []
-        VIEWFORGE_PT_main.draw(types.SimpleNamespace(layout=_Layout(log)), registered.context)
+        VIEWFORGE_PT_main.draw(types.SimpleNamespace(layout=RecordingLayout(log)), registered.context)
         ops = [e[1] for e in log if e[0] == "operator"]
         assert "viewforge.cancel" in ops and "viewforge.reconstruct" not in ops  # one job at a time
         assert not registered.ops.viewforge.reconstruct.poll()
@@ -646,8 +542,6 @@ def test_photos_without_cameras_become_cameras_and_a_mesh(registered, photo_fold
     its photo) and the mesh arrive together as one undo step; bad folders are one clear report."""
     pytest.importorskip("pycolmap")
     bpy = registered
-    if not _mesh_stage_available():
-        pytest.skip("the mesh stage is not in this tree yet")
     _, folder = photo_folder
     one = tmp_path / "one"
     one.mkdir()
@@ -685,8 +579,6 @@ def test_two_photos_are_completed_by_the_generator(registered, tiny_model, tmp_p
     generator from the panel's model folder, completes the object and imports one textured mesh
     where the cameras look, as one undo step."""
     bpy = registered
-    if not _mesh_stage_available():
-        pytest.skip("the mesh stage is not in this tree yet")
     source, cams = render_scene_photos(bpy, tmp_path / "renders", n=2)
     source_box = bbox(world_vertices(source))
     source.hide_set(True)
@@ -714,44 +606,6 @@ def test_two_photos_are_completed_by_the_generator(registered, tiny_model, tmp_p
 # ---------------------------------------------------------------------------------------------
 # Refinement is an improvement step: when it cannot help, the cameras stay and the mesh is built
 # ---------------------------------------------------------------------------------------------
-
-
-def suzanne_scene(bpy, tmp: Path, n: int, size: int, textured: bool = True):
-    """The scene of issue 21, smaller: ``n`` cameras (azimuth step 360 / n, elevations alternating
-    25 / -10 degrees, distance 4) around a subdivided Suzanne (noise texture, or one flat colour),
-    lit by a sun, with their Cycles renders at ``size`` px as camera background images."""
-    from viewforge.bridge.cameras import create_bpy_camera
-    from viewforge.engine.cameras import Camera, look_at
-
-    scene = bpy.context.scene
-    bpy.ops.mesh.primitive_monkey_add(size=1.5)
-    obj = bpy.context.active_object
-    obj.modifiers.new("Subdivision", "SUBSURF").levels = 2
-    bpy.ops.object.modifier_apply(modifier="Subdivision")
-    mat = bpy.data.materials.new("Suzanne")
-    bsdf = next(nd for nd in mat.node_tree.nodes if nd.type == "BSDF_PRINCIPLED")
-    if textured:
-        noise = mat.node_tree.nodes.new("ShaderNodeTexNoise")
-        noise.inputs["Scale"].default_value = 5.0
-        mat.node_tree.links.new(noise.outputs["Color"], bsdf.inputs["Base Color"])
-    else:
-        bsdf.inputs["Base Color"].default_value = (0.6, 0.45, 0.3, 1.0)
-    obj.data.materials.append(mat)
-    bpy.ops.object.light_add(type="SUN", location=(2, -2, 4))
-    cycles_photos(scene, size, samples=4)
-    cams = []
-    for i in range(n):
-        a, el = 2 * math.pi * i / n, math.radians(25 if i % 2 == 0 else -10)
-        eye = 4 * np.array([math.cos(a) * math.cos(el), math.sin(a) * math.cos(el), math.sin(el)])
-        f = size / (2 * math.tan(math.radians(40) / 2))
-        cam = create_bpy_camera(Camera(f, f, size / 2, size / 2, size, size, look_at(eye, (0, 0, 0))), scene,
-                                name=f"Cam{i}")
-        scene.camera = cam
-        scene.render.filepath = str(tmp / f"{cam.name}.png")
-        bpy.ops.render.render(write_still=True)
-        cam.data.background_images.new().image = bpy.data.images.load(scene.render.filepath)
-        cams.append(cam)
-    return obj, cams
 
 
 def test_default_reconstruct_keeps_the_cameras_refinement_cannot_use(registered, tmp_path, capsys):

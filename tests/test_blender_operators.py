@@ -15,15 +15,6 @@ import pytest
 pytestmark = pytest.mark.blender
 
 
-@pytest.fixture
-def registered(blender):
-    import viewforge
-
-    viewforge.register()
-    yield blender
-    viewforge.unregister()
-
-
 def _scene_state(bpy):
     scene = bpy.context.scene
     r = scene.render

@@ -1,6 +1,6 @@
-"""Reconstruct from Cameras with approximate scene cameras (issue 7 [F]): the job refines the
-cameras against the photos and, with Update Cameras, moves the scene's cameras to the refined
-poses in the same undo step as the new object; the update's rules (skipped cameras, the report).
+"""Reconstruct from Cameras with approximate scene cameras: the job refines the cameras against the
+photos and, with Update Cameras, moves the scene's cameras to the refined poses in the same undo
+step as the new object; the update's rules (skipped cameras, the report).
 
 Three photos 40 degrees apart of a noise-textured object (SIFT needs texture and 256 px), the
 scene's cameras then turned by 2 degrees each; completion by the tiny random generator.
@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import pytest
-from test_blender_jobs import _engine_camera, cycles_photos, _mesh_stage_available, registered, scene_state  # noqa: F401
+from blender_helpers import cycles_photos, engine_camera, photograph, scene_state, world_light
 
 pytestmark = pytest.mark.blender
 
@@ -44,16 +44,11 @@ def _photographed_cameras(bpy, tmp):
     scene = bpy.context.scene
     obj = _noise_object(bpy)
     cycles_photos(scene, SIZE, samples=8)
-    scene.view_settings.view_transform = "Standard"
-    scene.world = scene.world or bpy.data.worlds.new("World")
-    scene.world.color = (1.0, 1.0, 1.0)
+    world_light(bpy, 1.0)
     cams = []
     for i in range(3):
-        cam = create_bpy_camera(_engine_camera(i, 9, SIZE, elevation=0.3, dist=3.2), scene, name=f"Cam{i}")
-        scene.camera = cam
-        scene.render.filepath = str(tmp / f"{cam.name}.png")
-        bpy.ops.render.render(write_still=True)
-        cam.data.background_images.new().image = bpy.data.images.load(scene.render.filepath)
+        cam = create_bpy_camera(engine_camera(i, 9, SIZE, elevation=0.3, dist=3.2), scene, name=f"Cam{i}")
+        photograph(bpy, cam, tmp / f"{cam.name}.png")
         cams.append(cam)
     obj.hide_set(True)
     return cams
@@ -99,8 +94,6 @@ def test_scene_cameras_are_refined_and_updated_on_request(registered, tiny_model
     (Off, the default, no camera moves: the reconstruct tests of test_blender_jobs.py run with it
     off, and the test below checks the report.)"""
     bpy = registered
-    if not _mesh_stage_available():
-        pytest.skip("the mesh stage is not in this tree yet")
     cams = _photographed_cameras(bpy, tmp_path / "renders")
     truth = _rotations(cams)
     _turn(bpy, cams, 2.0)
@@ -136,10 +129,11 @@ def test_camera_updates_skip_parented_animated_and_deleted_cameras(registered):
     from mathutils import Matrix
 
     from viewforge.bridge.cameras import create_bpy_camera
-    from viewforge.bridge.reconstruct import apply_camera_updates, camera_report
+    from viewforge.bridge.prepared import apply_camera_updates
+    from viewforge.bridge.reconstruct import camera_report
 
     scene = bpy.context.scene
-    cams = [create_bpy_camera(_engine_camera(i, 6, SIZE), scene, name=f"C{i}") for i in range(5)]
+    cams = [create_bpy_camera(engine_camera(i, 6, SIZE), scene, name=f"C{i}") for i in range(5)]
     cams[0].scale = (2.0, 2.0, 2.0)
     bpy.context.view_layer.update()
     cams[1].parent = bpy.data.objects.new("Rig", None)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from blender_helpers import RecordingLayout
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,10 +23,10 @@ def _viewforge_types(bpy):
 @pytest.mark.blender
 def test_register_unregister_twice_leaves_nothing(blender):
     import viewforge
-    from viewforge import operators, panels
+    from viewforge import operators, panels, properties
 
     bpy = blender
-    classes = [*operators.CLASSES, *panels.CLASSES]
+    classes = [*properties.CLASSES, *operators.CLASSES, *panels.CLASSES]
     names = [cls.__name__ for cls in classes if cls.__name__.startswith("VIEWFORGE_")]
     assert "VIEWFORGE_OT_cameras_from_transforms" in names and "VIEWFORGE_PT_main" in names
     assert not any(cls.is_registered for cls in classes)
@@ -104,41 +105,11 @@ def test_bpy_none_really_blocks_bpy():
     assert res.returncode != 0 and "import of bpy halted" in res.stderr
 
 
-class _Layout:
-    """A recording stand-in for ``UILayout``: every container call returns itself."""
-
-    def __init__(self, log):
-        self.log = log
-        self.scale_y = 1.0
-        self.enabled = True
-
-    def _self(self, *a, **kw):
-        return self
-
-    box = row = column = split = _self
-
-    def label(self, **kw):
-        self.log.append(("label", kw.get("text")))
-
-    def prop(self, data, name, **kw):
-        self.log.append(("prop", name))
-
-    def progress(self, **kw):
-        self.log.append(("progress", kw.get("factor"), kw.get("text")))
-
-    def operator(self, idname, **kw):
-        import types
-
-        op = types.SimpleNamespace()
-        self.log.append(("operator", idname, op))
-        return op
-
-
 def _draw(panel_cls, context):
     import types
 
     log = []
-    panel_cls.draw(types.SimpleNamespace(layout=_Layout(log)), context)
+    panel_cls.draw(types.SimpleNamespace(layout=RecordingLayout(log)), context)
     return log
 
 
@@ -187,8 +158,8 @@ def test_panels_draw_the_operators_and_settings(blender):
 def test_preferences_draw_device_cache_and_dependency_status(blender, monkeypatch):
     import viewforge
     from viewforge.bridge import deps
-    from viewforge.operators.settings import get_preferences
-    from viewforge.panels.main import draw_preferences
+    from viewforge.panels.preferences import draw_preferences
+    from viewforge.properties import get_preferences
 
     real = deps.find_spec
     monkeypatch.setattr(deps, "find_spec", lambda name: None if name == "diffusers" else real(name))
@@ -197,7 +168,7 @@ def test_preferences_draw_device_cache_and_dependency_status(blender, monkeypatc
         prefs = get_preferences(blender.context)  # defaults: the add-on is registered, not enabled
         assert (prefs.device, prefs.offline, prefs.wheel_folder) == ("AUTO", False, "")
         log = []
-        draw_preferences(prefs, _Layout(log), blender.context)
+        draw_preferences(prefs, RecordingLayout(log), blender.context)
     finally:
         viewforge.unregister()
     props = [e[1] for e in log if e[0] == "prop"]

@@ -1,6 +1,10 @@
-"""Viewforge settings: per scene (``scene.viewforge``, the sidebar panel) and the add-on preferences.
+"""Viewforge settings: the per-scene PropertyGroup (``scene.viewforge``) and access to the add-on
+preferences.
 
-Properties only; the panel (:mod:`viewforge.panels.main`) draws them and the operators read them.
+Properties only: the panels (:mod:`.panels`) draw them and the operators (:mod:`.operators`)
+read them; the preferences class itself is :class:`.panels.preferences.ViewforgePreferences`.
+``CLASSES`` is registered before the operators and panels; :func:`register_properties` then adds
+``scene.viewforge``.
 """
 
 from __future__ import annotations
@@ -10,9 +14,10 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, Po
 
 #: The extension's package name (``bl_idname`` of its preferences): "viewforge" in a development
 #: checkout, "bl_ext.<repository>.viewforge" when installed as an extension.
-ADDON_ID = __package__.rsplit(".", 1)[0]
+ADDON_ID = __package__
 
-_DEVICES = [
+#: The device choices of the preferences (the scene's Device adds "Preferences").
+DEVICES = [
     ("AUTO", "Automatic", "CUDA if present, else Apple Metal (MPS), else the CPU"),
     ("CPU", "CPU", "Run on the CPU (slowest, works everywhere)"),
     ("CUDA", "CUDA", "Run on an NVIDIA GPU"),
@@ -95,16 +100,17 @@ class ViewforgeSettings(bpy.types.PropertyGroup):
     quality: EnumProperty(  # type: ignore[valid-type]
         name="Quality",
         description="Resolution, optimisation steps, face budget and texture size of the result",
+        # the presets' figures, per mode, are in docs/blender.md (engine/jobs.py defines them)
         items=[
-            ("DRAFT", "Draft", "Quick preview: 128 px fit, 1000 steps, 20k faces, 1K texture"),
-            ("STANDARD", "Standard", "256 px fit, 3000 steps, 50k faces, 2K texture"),
-            ("HIGH", "High", "512 px fit, 7000 steps, 200k faces, 4K texture"),
+            ("DRAFT", "Draft", "Quick preview: fewer optimisation steps, a lighter mesh and a smaller texture"),
+            ("STANDARD", "Standard", "The balance of time and detail"),
+            ("HIGH", "High", "More optimisation steps, more faces and a larger texture: slower, more detail"),
         ],
         default="STANDARD",
     )
     device: EnumProperty(  # type: ignore[valid-type]
         name="Device",
-        items=[("DEFAULT", "Preferences", "The device chosen in the add-on preferences"), *_DEVICES],
+        items=[("DEFAULT", "Preferences", "The device chosen in the add-on preferences"), *DEVICES],
         default="DEFAULT",
     )
     seed: IntProperty(name="Seed", description="Random seed (same seed, same result)", default=0, min=0)  # type: ignore[valid-type]
@@ -141,52 +147,6 @@ class ViewforgeSettings(bpy.types.PropertyGroup):
     )
 
 
-class ViewforgePreferences(bpy.types.AddonPreferences):
-    """Add-on preferences: device, model cache, offline mode, dependency installation."""
-
-    bl_idname = ADDON_ID
-
-    device: EnumProperty(name="Device", items=_DEVICES, default="AUTO")  # type: ignore[valid-type]
-    model_cache: StringProperty(  # type: ignore[valid-type]
-        name="Model Cache", description="Folder for downloaded model weights (empty: the default cache)", subtype="DIR_PATH", default=""
-    )
-    offline: BoolProperty(  # type: ignore[valid-type]
-        name="Offline", description="Never download model weights; use only what is in the model cache", default=False
-    )
-    install_platform: EnumProperty(  # type: ignore[valid-type]
-        name="Platform",
-        items=[
-            ("AUTO", "Automatic", "Detect: CUDA with an NVIDIA driver, Apple Metal on Apple silicon, else CPU"),
-            ("CUDA", "CUDA", "NVIDIA GPU (adds gsplat)"),
-            ("CPU", "CPU", "No GPU"),
-            ("MPS", "Apple Metal", "Apple silicon"),
-        ],
-        default="AUTO",
-    )
-    wheel_folder: StringProperty(  # type: ignore[valid-type]
-        name="Local Wheel Folder",
-        description="Install from this folder of .whl files instead of downloading (no network needed)",
-        subtype="DIR_PATH",
-        default="",
-    )
-    extra_index_url: StringProperty(  # type: ignore[valid-type]
-        name="Extra Index URL", description="Another package index to search (e.g. the PyTorch CUDA wheels on Windows)", default=""
-    )
-    engine_python: StringProperty(  # type: ignore[valid-type]
-        name="Engine Python",
-        description="Run jobs in this Python (a venv or conda environment's bin/python with the engine's packages, "
-        "e.g. CUDA torch) instead of Blender's; nothing needs installing into Blender then. "
-        "Empty: $VIEWFORGE_ENGINE_PYTHON, else Blender's Python",
-        subtype="FILE_PATH",
-        default="",
-    )
-
-    def draw(self, context):
-        from ..panels.main import draw_preferences
-
-        draw_preferences(self, self.layout, context)
-
-
 class _DefaultPreferences:
     """The preferences' defaults, for when the add-on is registered without being enabled (tests)."""
 
@@ -216,4 +176,4 @@ def unregister_properties() -> None:
         del bpy.types.Scene.viewforge
 
 
-CLASSES = [ViewforgeSettings, ViewforgePreferences]
+CLASSES = [ViewforgeSettings]
