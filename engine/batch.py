@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Cancelled, InputError, OutputError, ViewforgeError
-from .jobs import GENERATE_OPTIONS, JobOutcome, JobProcess, JobResult, JobSpec, QUALITY_PRESETS, job_outcome, run_job
+from .jobs import GENERATE_OPTIONS, JobOutcome, JobProcess, JobResult, JobSpec, job_outcome, run_job
+from .presets import QUALITY_PRESETS, warm_iterations
 from .progress import CancelToken, ProgressCallback, ProgressEvent
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ def job_options(config: BatchConfig, kind: str) -> dict[str, Any]:
     if kind == "generate":
         if config.iterations is not None:
             options["fit_iterations"] = int(config.iterations)
-            options["warm_iterations"] = max(1, int(config.iterations) * 3 // 10)
+            options["warm_iterations"] = warm_iterations(int(config.iterations))
         if config.model is not None:
             options["model"] = str(config.model)
         options["allow_download"] = bool(config.allow_download)

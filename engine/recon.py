@@ -17,6 +17,7 @@ import numpy as np
 from .errors import InputError, OutputError
 from .io.atomic import atomic_file, check_output_path
 from .io.types import PosedSet
+from .presets import completion_iterations
 from .progress import CancelToken, ProgressCallback, check
 
 log = logging.getLogger(__name__)
@@ -413,12 +414,12 @@ def _completion(transforms, posed: PosedSet, train_ids: list[int], train: PosedS
     from .complete import CompleteConfig, complete
     from .errors import DependencyError
 
+    first, warm = completion_iterations(config.iterations)
     ccfg = CompleteConfig(
         model=config.model, seed=config.seed, device=config.device, allow_download=config.allow_download,
         rvc=config.rvc, refine_cameras=config.pose_refine, make_mesh=out.suffix.lower() in MESH_SUFFIXES,
         faces=config.faces, texture_size=config.texture_size, mesh=dict(config.mesh),
-        # the optimisation budget: 3000 steps = the sampler's 1000-step first fit + 300 per later step
-        fit_iterations=max(config.iterations // 3, 1), warm_iterations=max(config.iterations // 10, 1),
+        fit_iterations=first, warm_iterations=warm,
     )
     photos = _sharper_training_photos(transforms, posed, train_ids, max(ccfg.photo_size, 512), cancel) or train
     t = time.perf_counter()

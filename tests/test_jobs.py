@@ -133,6 +133,19 @@ def disc_png(path: Path) -> Path:
     return save_png(path, img)
 
 
+def test_iteration_rules():
+    from viewforge.engine import presets
+
+    # generate: every warm fit is 30 % of the first fit, and the presets follow the rule
+    assert [presets.warm_iterations(n) for n in (1, 3, 4, 100, 1000)] == [1, 1, 1, 30, 300]
+    for p in presets.GENERATE_PRESETS.values():
+        assert p.warm_iterations == presets.warm_iterations(p.fit_iterations)
+    # reconstruct's completion splits the whole budget: 3000 -> the generate defaults' 1000 + 300
+    assert presets.completion_iterations(3000) == (1000, 300)
+    assert presets.completion_iterations(2) == (1, 1)
+    assert jobs.QUALITY_PRESETS is presets.QUALITY_PRESETS and jobs.GENERATE_PRESETS is presets.GENERATE_PRESETS
+
+
 def test_generate_presets_and_options():
     from viewforge.engine.generate import GenerateConfig
 
