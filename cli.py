@@ -747,7 +747,7 @@ COMMANDS: list[Command] = [
         "Run one job per input of INPUT_DIR: a folder holding transforms.json is one posed set; "
         "otherwise each sub-folder with a transforms.json is reconstructed, each sub-folder of photos "
         "without one is reconstructed after structure from motion, and each image (.png, .jpg, "
-        ".webp) is generated from (as viewforge generate, with the default model). Each job runs "
+        ".tif, .webp, .bmp) is generated from (as viewforge generate, with the default model). Each job runs "
         "in its own worker process and writes OUT_DIR/<name>.<format>; a failed job does not stop the "
         "others. A job whose output is complete from an earlier run is skipped (resume; --overwrite runs it "
         "again); a second batch writing to the same OUT_DIR refuses. With --ray the jobs are Ray tasks on a "

@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import InputError, OutputError
 from .io.atomic import atomic_file, check_output_path
+from .io.formats import IMAGE_SUFFIXES
 from .io.types import PosedSet
 from .presets import completion_iterations
 from .progress import CancelToken, ProgressCallback, check
@@ -26,7 +27,7 @@ SPLAT_SUFFIXES = (".ply",)
 #: Longer image side of the photos the feature pose refinement works on (when stored larger).
 FEATURE_RESOLUTION = 400
 #: Photo files of a folder without cameras (structure from motion).
-PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
+PHOTO_SUFFIXES = IMAGE_SUFFIXES
 #: Most training photos for which ``complete="auto"`` generates the unseen sides (issue 7).
 COMPLETE_MAX_PHOTOS = 4
 #: Values of ReconConfig.complete.
