@@ -18,7 +18,7 @@ from viewforge.engine.batch import (STATE_DIR, BatchConfig, batch_lock, find_inp
 from viewforge.engine.errors import InputError, OutputError
 from viewforge.engine.splat.model import read_splat_ply
 
-from test_jobs import sphere_posed_set
+from helpers import sphere_posed_set
 
 
 @pytest.fixture(scope="module")
