@@ -28,7 +28,7 @@ SPLAT_SUFFIXES = (".ply",)
 FEATURE_RESOLUTION = 400
 #: Photo files of a folder without cameras (structure from motion).
 PHOTO_SUFFIXES = IMAGE_SUFFIXES
-#: Most training photos for which ``complete="auto"`` generates the unseen sides (issue 7).
+#: Most training photos for which ``complete="auto"`` generates the unseen sides.
 COMPLETE_MAX_PHOTOS = 4
 #: Values of ReconConfig.complete.
 COMPLETE_MODES = ("auto", "on", "off")

@@ -215,7 +215,7 @@ def test_cancel_kills_a_job_that_does_not_stop():
     job.cancel()
     assert job.wait(timeout=10)
     elapsed = time.monotonic() - t
-    assert jobs.CANCEL_GRACE_S <= elapsed < 2.0  # the bound: cancelled within 2 s
+    assert jobs.CANCEL_GRACE_S <= elapsed < 2.0  # a cancel takes effect within 2 s
     assert job.state == "cancelled"
     assert job.join(5) == -signal.SIGKILL
 
