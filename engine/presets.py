@@ -57,7 +57,7 @@ class QualityPreset:
     mesh: dict[str, Any] = field(default_factory=dict)
 
 
-#: draft: a quick look (about a minute on a laptop CPU); standard: the default; high: final assets.
+#: draft: a quick look; standard: the default; high: final assets (docs/blender.md).
 QUALITY_PRESETS: dict[str, QualityPreset] = {
     "draft": QualityPreset(resolution=128, iterations=1000, faces=20_000, texture_size=1024,
                            mesh={"grid": 128, "fuse_views": 24, "fuse_size": 128, "bake_render_views": 12}),
