@@ -280,6 +280,10 @@ def _run_demo(args: argparse.Namespace, progress: ProgressBar) -> int:
 
 
 def _add_reconstruct(p: argparse.ArgumentParser) -> None:
+    from .engine.mesh.pipeline import MeshConfig
+    from .engine.recon import ReconConfig
+
+    d, grid = ReconConfig(), MeshConfig().grid
     p.add_argument("transforms", metavar="TRANSFORMS_JSON",
                    help="posed set: transforms.json (or its folder), or a folder of photos without cameras "
                         "(their cameras are estimated by structure from motion)")
@@ -287,31 +291,32 @@ def _add_reconstruct(p: argparse.ArgumentParser) -> None:
                    help="output file: .glb or .blend (UV-textured mesh) or .ply (3D Gaussian splats)")
     p.add_argument("--views", type=_positive_int, default=None, metavar="N",
                    help="training views, evenly spaced over the frames not held out (default: all)")
-    p.add_argument("--holdout", type=int, default=0, metavar="K",
-                   help="held-out views for PSNR/SSIM, chosen evenly over all frames (default 0)")
-    p.add_argument("--resolution", type=_positive_int, default=200, metavar="R",
-                   help="longer image side in pixels for the fit (default 200)")
-    p.add_argument("--iterations", type=_positive_int, default=3000, metavar="I", help="optimisation steps (default 3000)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
-                   help="compute device (default auto: CUDA, else Apple MPS, else CPU)")
+    p.add_argument("--holdout", type=int, default=d.holdout, metavar="K",
+                   help=f"held-out views for PSNR/SSIM, chosen evenly over all frames (default {d.holdout})")
+    p.add_argument("--resolution", type=_positive_int, default=d.resolution, metavar="R",
+                   help=f"longer image side in pixels for the fit (default {d.resolution})")
+    p.add_argument("--iterations", type=_positive_int, default=d.iterations, metavar="I",
+                   help=f"optimisation steps (default {d.iterations})")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=d.device,
+                   help=f"compute device (default {d.device}: CUDA, else Apple MPS, else CPU)")
     p.add_argument("--refine-poses", action="store_true", help="refine the camera poses jointly with the fit")
-    p.add_argument("--faces", type=_positive_int, default=50000, metavar="F",
-                   help="mesh face budget (default 50000; capped to 500..2000000)")
-    p.add_argument("--texture-size", type=_positive_int, default=2048, metavar="T",
-                   help="base-colour texture size in pixels (default 2048; capped to 64..8192)")
-    p.add_argument("--grid", type=_positive_int, default=192, metavar="G",
-                   help="mesh extraction voxels along the object's longest side (default 192)")
+    p.add_argument("--faces", type=_positive_int, default=d.faces, metavar="F",
+                   help=f"mesh face budget (default {d.faces}; capped to 500..2000000)")
+    p.add_argument("--texture-size", type=_positive_int, default=d.texture_size, metavar="T",
+                   help=f"base-colour texture size in pixels (default {d.texture_size}; capped to 64..8192)")
+    p.add_argument("--grid", type=_positive_int, default=grid, metavar="G",
+                   help=f"mesh extraction voxels along the object's longest side (default {grid})")
     p.add_argument("--splats", metavar="SPLATS.ply", default=None,
                    help="with a mesh output: also write the fitted Gaussians here")
     p.add_argument("--gt-mesh", metavar="GT", default=None,
                    help="ground-truth mesh: adds chamfer and F-score@0.1 to the metrics (mesh outputs)")
     p.add_argument("--metrics", metavar="M.json", default=None, help="write the metrics JSON (DESIGN.md) here")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    p.add_argument("--complete", choices=("auto", "on", "off"), default="auto",
-                   help="generate the sides no photo saw (default auto: with at most 4 training photos, when the "
+    p.add_argument("--seed", type=int, default=d.seed, metavar="S", help=f"random seed (default {d.seed})")
+    p.add_argument("--complete", choices=("auto", "on", "off"), default=d.complete,
+                   help=f"generate the sides no photo saw (default {d.complete}: with at most 4 training photos, when the "
                         "generator's weights are there)")
-    p.add_argument("--model", default="zero123pp-v1.2", metavar="ID_OR_DIR",
-                   help="generator for completion: registry id or local model folder (default zero123pp-v1.2)")
+    p.add_argument("--model", default=d.model, metavar="ID_OR_DIR",
+                   help=f"generator for completion: registry id or local model folder (default {d.model})")
     p.add_argument("--allow-download", action="store_true",
                    help="let completion download the generator's weights (pinned revision) when missing")
     p.add_argument("--no-rvc", action="store_true",
@@ -464,31 +469,35 @@ def _input_elevation(text: str) -> float:
 
 
 def _add_generate(p: argparse.ArgumentParser) -> None:
+    from .engine.generate import GenerateConfig
+    from .engine.mesh.pipeline import MeshConfig
+
+    d, grid = GenerateConfig(), MeshConfig().grid
     p.add_argument("image", metavar="IMAGE", help="one image of one object: PNG/JPEG/WebP; RGBA or on a plain background")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file: .glb or .blend (UV-textured mesh) or .ply (3D Gaussian splats)")
-    p.add_argument("--model", default="zero123pp-v1.2", metavar="ID_OR_DIR",
-                   help="multi-view generator: a registry id or a local model folder (default zero123pp-v1.2)")
-    p.add_argument("--steps", type=_positive_int, default=4, metavar="K",
-                   help="sampling steps (default 4; two generator evaluations each with guidance)")
-    p.add_argument("--method", choices=("aware", "oneshot", "im3d"), default="aware",
+    p.add_argument("--model", default=d.model, metavar="ID_OR_DIR",
+                   help=f"multi-view generator: a registry id or a local model folder (default {d.model})")
+    p.add_argument("--steps", type=_positive_int, default=d.steps, metavar="K",
+                   help=f"sampling steps (default {d.steps}; two generator evaluations each with guidance)")
+    p.add_argument("--method", choices=("aware", "oneshot", "im3d"), default=d.method,
                    help="aware: 3D-aware sampling, reconstruction inside every step (default); oneshot: "
                         "generate the views, then reconstruct; im3d: IM-3D's regeneration rounds")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="noise seed (default 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
-                   help="compute device (default auto: CUDA, else Apple MPS, else CPU)")
-    p.add_argument("--faces", type=_positive_int, default=30000, metavar="F", help="mesh face budget (default 30000)")
-    p.add_argument("--texture-size", type=_positive_int, default=1024, metavar="T",
-                   help="base-colour texture size in pixels (default 1024: the views are 320 px)")
-    p.add_argument("--size", type=_positive_float, default=1.0, metavar="METRES",
-                   help="longest side of the result (default 1); it stands on z = 0, centred in x and y")
-    p.add_argument("--input-elevation", type=_input_elevation, default=0.0, metavar="DEG",
-                   help="the photo's camera elevation above the object in degrees (default 0: taken level; "
+    p.add_argument("--seed", type=int, default=d.seed, metavar="S", help=f"noise seed (default {d.seed})")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=d.device,
+                   help=f"compute device (default {d.device}: CUDA, else Apple MPS, else CPU)")
+    p.add_argument("--faces", type=_positive_int, default=d.faces, metavar="F", help=f"mesh face budget (default {d.faces})")
+    p.add_argument("--texture-size", type=_positive_int, default=d.texture_size, metavar="T",
+                   help=f"base-colour texture size in pixels (default {d.texture_size}: the views are 320 px)")
+    p.add_argument("--size", type=_positive_float, default=d.size, metavar="METRES",
+                   help=f"longest side of the result (default {d.size:g}); it stands on z = 0, centred in x and y")
+    p.add_argument("--input-elevation", type=_input_elevation, default=d.input_elevation, metavar="DEG",
+                   help=f"the photo's camera elevation above the object in degrees (default {d.input_elevation:g}: taken level; "
                         "e.g. 20 for a photo from a little above)")
-    p.add_argument("--iterations", type=_positive_int, default=1000, metavar="I",
-                   help="splat fit steps of the first reconstruction; later ones get 30%% of it (default 1000)")
-    p.add_argument("--grid", type=_positive_int, default=192, metavar="G",
-                   help="mesh extraction voxels along the object's longest side (default 192)")
+    p.add_argument("--iterations", type=_positive_int, default=d.fit_iterations, metavar="I",
+                   help=f"splat fit steps of the first reconstruction; later ones get 30%% of it (default {d.fit_iterations})")
+    p.add_argument("--grid", type=_positive_int, default=grid, metavar="G",
+                   help=f"mesh extraction voxels along the object's longest side (default {grid})")
     p.add_argument("--allow-download", action="store_true",
                    help="download the model's weights when they are not in the local cache (needs network; "
                         "see the licence in docs/zero123pp.md)")
@@ -507,6 +516,7 @@ def _run_generate(args: argparse.Namespace, progress: ProgressBar) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from .engine.generate import GenerateConfig, generate
     from .engine.mvgen.base import resolve
+    from .engine.presets import warm_iterations
 
     if args.metrics is not None:
         from .engine.io.atomic import check_output_path
@@ -516,7 +526,7 @@ def _run_generate(args: argparse.Namespace, progress: ProgressBar) -> int:
     cfg = GenerateConfig(
         model=args.model, steps=args.steps, method=args.method, seed=args.seed, device=args.device,
         allow_download=args.allow_download, faces=args.faces, texture_size=args.texture_size, size=args.size,
-        input_elevation=args.input_elevation, fit_iterations=args.iterations, warm_iterations=max(1, args.iterations * 3 // 10), mesh={"grid": args.grid},
+        input_elevation=args.input_elevation, fit_iterations=args.iterations, warm_iterations=warm_iterations(args.iterations), mesh={"grid": args.grid},
     )  # fmt: skip
     t = time.perf_counter()
     res = _reconstruct_to(
@@ -569,11 +579,12 @@ def _run_eval(args: argparse.Namespace, progress: ProgressBar) -> int:
 
 
 def _add_batch(p: argparse.ArgumentParser) -> None:
+    from .engine.presets import QUALITY_PRESETS
     # optional for argparse only: `--ray IN -o OUT` reads IN as --ray's ADDRESS (_batch_input)
     p.add_argument("input", metavar="INPUT_DIR", nargs="?", default=None,
                    help="folder of posed sets (sub-folders with transforms.json), folders of photos without cameras, and images")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder (created; its parent must exist)")
-    p.add_argument("--quality", choices=("draft", "standard", "high"), default="standard",
+    p.add_argument("--quality", choices=tuple(QUALITY_PRESETS), default="standard",
                    help="quality preset: fit resolution, steps, face budget, texture size (default standard)")
     p.add_argument("--format", choices=("glb", "ply"), default="glb",
                    help="output format: glb (textured mesh, default) or ply (Gaussian splats)")
@@ -736,7 +747,7 @@ COMMANDS: list[Command] = [
         "Run one job per input of INPUT_DIR: a folder holding transforms.json is one posed set; "
         "otherwise each sub-folder with a transforms.json is reconstructed, each sub-folder of photos "
         "without one is reconstructed after structure from motion, and each image (.png, .jpg, "
-        ".webp) is generated from (as viewforge generate, with the default model). Each job runs "
+        ".tif, .webp, .bmp) is generated from (as viewforge generate, with the default model). Each job runs "
         "in its own worker process and writes OUT_DIR/<name>.<format>; a failed job does not stop the "
         "others. A job whose output is complete from an earlier run is skipped (resume; --overwrite runs it "
         "again); a second batch writing to the same OUT_DIR refuses. With --ray the jobs are Ray tasks on a "

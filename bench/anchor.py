@@ -1,4 +1,4 @@
-"""The 3D-aware sampler's anchor against mis-framed and tilted inputs, on the PerturbedOracle (issue 17 [H]).
+"""The 3D-aware sampler's anchor against mis-framed and tilted inputs, on the PerturbedOracle.
 
 The oracle plays Zero123++ v1.2: whatever the input's framing, it draws the object normalised to
 a radius-0.5 sphere at v1.2's rig (distance 0.5 / tan 15 deg, FoV 30, absolute elevations 20 / -10,
@@ -8,7 +8,7 @@ focal length set so the object's bounding box spans ``fill`` of the frame. Ancho
 
 - raw: the photo as it is (resized) at the level reference camera: what the fit gets when the
   input is not normalised;
-- old: the photo prepared as before issue 17 (prep fill 0.8), anchored level (elevation 0);
+- old: the photo prepared at prep fill 0.8 without recentring, anchored level (elevation 0);
 - new: prepared at v1.2's framing (prep fill ``zero123pp.CONDITION_FILL`` = 0.85, the object
   recentred and rescaled from its alpha, so every framing gives the same condition image),
   anchored at the elevation the user gives (``--input-elevation``; here the true one);

@@ -9,7 +9,7 @@ into a fresh output folder each: the local batch (one job at a time, each in its
 with all cores), Ray on a local cluster of 1 and of 2 CPUs (one CPU per task), and Ray on a
 simulated two-node cluster (ray.cluster_utils.Cluster, one CPU per node). Seconds are the batch's
 wall clock from the first job submitted to the last row (the cluster's start-up is its own column);
-"nodes" counts the Ray nodes that ran at least one job. Issue 18's targets: Ray with 2 workers on
+"nodes" counts the Ray nodes that ran at least one job. Targets: Ray with 2 workers on
 2 cores within 10 % of the local batch's items per hour on 6 items; both nodes of the simulated
 cluster get work.
 """

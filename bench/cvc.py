@@ -1,4 +1,4 @@
-"""Cross-view consistency benchmark of the samplers on the PerturbedOracle (issue 6 [E]).
+"""Cross-view consistency benchmark of the samplers on the PerturbedOracle.
 
 For Duck, Avocado and DamagedHelmet (../shared/data/meshes), normalised as render-views does
 (bounding-box centre at the origin, longest side 2, +Z up): the oracle's ground truth is unlit

@@ -1,4 +1,4 @@
-"""The prepared GPU check (issue 17 [H]): one call of the device tool, one table.
+"""The prepared GPU check: one call of the device tool, one table.
 
 (a) cuda-tests: the tests marked ``cuda`` (gsplat's CUDA rasterizer against ours, outputs and
     gradients on the same scene: tests/test_splat_raster.py), run by pytest.

@@ -8,14 +8,14 @@ sphere, elevation -20..60 degrees); 8 of the 32 frames are held out (evenly spac
 others train (`viewforge reconstruct ... -o OUT.glb --views N --holdout 8 --gt-mesh MESH`, each in
 its own process so its timings and peak RSS are its own). Prints chamfer / F-score@0.1 (DESIGN.md
 protocol: ground-truth box longest side spanning [-1, 1], 100k samples), the textured mesh's and
-the splats' held-out PSNR, faces, and seconds per stage. Issue 4's targets at 24 views: F-score
+the splats' held-out PSNR, faces, and seconds per stage. Targets at 24 views: F-score
 >= 0.95, chamfer <= 0.03, mesh PSNR within 2 dB of the splats'.
 
 Mesh PSNR renders the textured mesh the way the reference images were made
 (engine/mesh/evaluate.py ``image_formation``): at render-views' 256 px with Cycles' pixel filter
 (Blackman-Harris, 1.5 px), then area-resized to the fit size as the loader resized the images.
 Diagnostic column "PSNR box": the same mesh rendered directly at the fit size with 3 x 3 samples
-and a box filter (the protocol before session 5; docs/mesh.md "What the held-out protocol's pixel
+and a box filter (a cheaper protocol; docs/mesh.md "What the held-out protocol's pixel
 filter costs").
 """
 

@@ -34,7 +34,7 @@ and after the best global rotation, per stage.
 
 Prints the median rotation error before/after, absolute and after the best global rotation
 (rotation_errors; a refinement fixes the frame only up to a similarity, the feature method maps
-its result back onto the input cameras by a similarity). Issue 3/7 target: < 0.5 degree median
+its result back onto the input cameras by a similarity). Target: < 0.5 degree median
 after alignment.
 """
 

@@ -1,5 +1,5 @@
 """Sparse-photo benchmark: reconstruction only vs generative completion with and without RVC
-(issue 7 [F]) on the PerturbedOracle (issue 6 [E]).
+on the PerturbedOracle.
 
 For Duck, Avocado and DamagedHelmet (../shared/data/meshes, normalised as render-views does:
 box centre at the origin, longest side 2, +Z up):
@@ -17,7 +17,7 @@ box centre at the origin, longest side 2, +Z up):
   the photo, taken at the true camera. Completion places the rig from the cameras it is given.
 - **Methods**: recon (fit the photos only, the existing fit + mesh stage, completion's fit budget:
   the first fit, 3 warm fits and the final warm fit, in one run), complete
-  (engine/complete.py, RVC off; since session 7 its model ends with the warm fit RVC's ends with:
+  (engine/complete.py, RVC off; its model ends with the warm fit RVC's ends with:
   equal fit budgets), complete_rvc (RVC on, lambda 0.1).
 - **Pose refinement** (perturbed rows, unless ``--no-refine``): ``CompleteConfig(refine_cameras=
   True)``: the photos against each other before sampling (engine/poses/sparse.py

@@ -358,9 +358,9 @@ def export_transforms(
         sources.append((src, name))
     transforms = transforms_from_cameras(cameras, file_paths)
 
-    import json
+    from ..engine.io.posed import dumps_transforms
 
-    text = json.dumps(transforms, indent=2) + "\n"
+    text = dumps_transforms(transforms)
     images_dir = out.parent / IMAGES_DIR
     if images_dir.exists() and not images_dir.is_dir():
         raise OutputError(f"{images_dir} exists and is not a folder", "remove it or export to another folder")

@@ -210,8 +210,7 @@ def _cameras_with_photos(scene, req: ReconstructRequest, view_layer) -> tuple[li
 
 def write_posed_set(items: list[tuple], folder: Path) -> Path:
     """Write ``items`` (from :func:`_cameras_with_photos`) as transforms.json + images/ in ``folder``."""
-    import json
-
+    from ..engine.io.posed import write_transforms
     from .posed import IMAGES_DIR, _export_name, _photo_source, _write_photo
 
     (folder / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
@@ -227,9 +226,7 @@ def write_posed_set(items: list[tuple], folder: Path) -> Path:
             _write_photo(photo, folder / IMAGES_DIR / name)
         cameras.append(cam)
         file_paths.append(f"{IMAGES_DIR}/{name}")
-    path = folder / "transforms.json"
-    path.write_text(json.dumps(transforms_from_cameras(cameras, file_paths), indent=2) + "\n", encoding="utf-8")
-    return path
+    return write_transforms(folder / "transforms.json", transforms_from_cameras(cameras, file_paths))
 
 
 def _job_options(req: ReconstructRequest, **extra: Any) -> dict[str, Any]:

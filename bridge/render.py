@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -48,6 +46,7 @@ import numpy as np
 from ..engine.cameras import Camera, look_at, transforms_from_cameras
 from ..engine.errors import DependencyError, InputError, MeshError, OutputError
 from ..engine.io.atomic import atomic_dir, check_output_path
+from ..engine.io.posed import dumps_transforms
 from ..engine.progress import CancelToken, ProgressCallback, check, report
 from .cameras import camera_from_bpy
 
@@ -204,15 +203,6 @@ def check_output_folder(out_dir: str | os.PathLike, marker: str = "transforms.js
 def check_posed_set_output(out_dir: str | os.PathLike) -> Path:
     """:func:`check_output_folder` for a posed set (an earlier one, with transforms.json, is replaced)."""
     return check_output_folder(out_dir, "transforms.json", "posed set")
-
-
-_NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+(?:\s*,\s*-?[\d.eE+-]+)*)\s*\]")
-
-
-def dumps_transforms(meta: dict) -> str:
-    """JSON text of a transforms.json dict, indented, with each number list (matrix row) on one line."""
-    text = json.dumps(meta, indent=2)
-    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------

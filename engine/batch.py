@@ -4,7 +4,7 @@ Inputs (:func:`find_inputs`): a folder that holds ``transforms.json`` is one pos
 ``reconstruct`` job); otherwise each sub-folder holding a ``transforms.json`` is a posed set, each
 sub-folder holding at least two photos and no ``transforms.json`` is a ``reconstruct`` job whose
 cameras are estimated first (structure from motion, :func:`~viewforge.engine.recon.reconstruct`),
-and each image file (:data:`IMAGE_SUFFIXES`) directly in it is a ``generate`` job (one image -> a
+and each image file (:data:`~viewforge.engine.io.formats.IMAGE_SUFFIXES`) directly in it is a ``generate`` job (one image -> a
 mesh standing on z = 0, :func:`~viewforge.engine.jobs.generate_job`). Other files are
 ignored. Each job writes ``OUT_DIR/<name>.<format>`` (names made unique) atomically.
 
@@ -43,13 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Cancelled, InputError, OutputError, ViewforgeError
-from .jobs import GENERATE_OPTIONS, JobOutcome, JobProcess, JobResult, JobSpec, QUALITY_PRESETS, job_outcome, run_job
+from .io.formats import IMAGE_SUFFIXES
+from .jobs import GENERATE_OPTIONS, JobOutcome, JobProcess, JobResult, JobSpec, job_outcome, run_job
+from .presets import QUALITY_PRESETS, warm_iterations
 from .progress import CancelToken, ProgressCallback, ProgressEvent
 
 log = logging.getLogger(__name__)
 
-#: Image files that become ``generate`` jobs.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 #: The file that makes a folder a posed set.
 TRANSFORMS = "transforms.json"
 #: Output formats of a batch.
@@ -189,7 +189,7 @@ def job_options(config: BatchConfig, kind: str) -> dict[str, Any]:
     if kind == "generate":
         if config.iterations is not None:
             options["fit_iterations"] = int(config.iterations)
-            options["warm_iterations"] = max(1, int(config.iterations) * 3 // 10)
+            options["warm_iterations"] = warm_iterations(int(config.iterations))
         if config.model is not None:
             options["model"] = str(config.model)
         options["allow_download"] = bool(config.allow_download)

@@ -28,10 +28,6 @@ from .errors import ImageError, OutputError
 
 log = logging.getLogger(__name__)
 
-#: File suffixes the loader is meant for (OpenCV reads more; these are the documented ones).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
 def _cv2():
     import cv2
 

@@ -1,4 +1,4 @@
-"""Jobs: what one unit of Viewforge work is, the quality presets, and a worker process to run it in.
+"""Jobs: what one unit of Viewforge work is, its config from a quality preset, and a worker process to run it in.
 
 A **job** is a plain description (:class:`JobSpec`: kind, input path, output path, options) that a
 job function turns into files: ``reconstruct`` (a posed set -> a mesh or splats, through
@@ -6,9 +6,9 @@ job function turns into files: ``reconstruct`` (a posed set -> a mesh or splats,
 :func:`viewforge.engine.generate.generate`). Adding a kind is one function registered in :data:`JOB_FUNCTIONS`. The Blender
 operators, ``viewforge batch`` and scripts all build a :class:`JobSpec` and call the same function.
 
-**Quality presets** (:data:`QUALITY_PRESETS` for reconstruct, :data:`GENERATE_PRESETS` for
-generate) are the one place where "draft / standard / high" become numbers: fit resolution,
-optimisation steps, mesh face budget and texture size.
+**Quality presets** (:data:`~viewforge.engine.presets.QUALITY_PRESETS` for reconstruct,
+:data:`~viewforge.engine.presets.GENERATE_PRESETS` for generate; engine/presets.py) are applied to
+the config dataclasses by :func:`recon_config` and :func:`generate_config`.
 
 **Worker process** (:class:`JobProcess`). A job runs in a separate Python process started with
 the *spawn* method (never fork: a forked Blender would duplicate its state and threads), so a
@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterator
 
 from . import errors as _errors
 from .errors import Cancelled, InputError, ResourceError, ViewforgeError
+from .presets import GENERATE_PRESETS, QUALITY_PRESETS, GeneratePreset, QualityPreset
 from .progress import CancelToken, ProgressCallback, ProgressEvent, poll_until_done
 
 log = logging.getLogger(__name__)
@@ -62,28 +63,6 @@ PROGRESS_INTERVAL_S = 0.1
 # Quality presets
 # ---------------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class QualityPreset:
-    """What a quality level means. resolution: longer image side of the fit in pixels;
-    iterations: optimisation steps; faces: face budget of the mesh; texture_size: side of the
-    baked base-colour texture in pixels; mesh: other mesh-stage settings (MeshConfig fields:
-    TSDF grid, fusion views)."""
-
-    resolution: int
-    iterations: int
-    faces: int
-    texture_size: int
-    mesh: dict[str, Any] = field(default_factory=dict)
-
-
-#: draft: a quick look (about a minute on a laptop CPU); standard: the default; high: final assets.
-QUALITY_PRESETS: dict[str, QualityPreset] = {
-    "draft": QualityPreset(resolution=128, iterations=1000, faces=20_000, texture_size=1024,
-                           mesh={"grid": 128, "fuse_views": 24, "fuse_size": 128, "bake_render_views": 12}),
-    "standard": QualityPreset(resolution=256, iterations=3000, faces=50_000, texture_size=2048),
-    "high": QualityPreset(resolution=512, iterations=7000, faces=200_000, texture_size=4096, mesh={"grid": 256}),
-}
 
 #: Options a reconstruct job accepts besides the preset (ReconConfig field names).
 RECON_OPTIONS = ("quality", "resolution", "iterations", "faces", "texture_size", "device", "seed", "views", "holdout",
@@ -187,29 +166,6 @@ def reconstruct_job(spec: JobSpec, progress: ProgressCallback | None = None, can
 #: Whether the ``generate`` job can run (the operator's poll and the panel use it).
 GENERATE_AVAILABLE = True
 
-
-@dataclass(frozen=True)
-class GeneratePreset:
-    """What a quality level means for generate-from-one-image. fit_iterations, warm_iterations:
-    splat fit steps of the sampler's first and later fits; faces: face budget of the mesh;
-    texture_size: side of the baked texture (the views are 320 px: more adds no detail);
-    mesh: other mesh-stage settings (MeshConfig fields)."""
-
-    fit_iterations: int
-    warm_iterations: int
-    faces: int
-    texture_size: int
-    mesh: dict[str, Any] = field(default_factory=dict)
-
-
-#: The generate job's presets (same keys as :data:`QUALITY_PRESETS`); standard is
-#: :class:`~viewforge.engine.generate.GenerateConfig`'s defaults.
-GENERATE_PRESETS: dict[str, GeneratePreset] = {
-    "draft": GeneratePreset(fit_iterations=400, warm_iterations=120, faces=10_000, texture_size=512,
-                            mesh={"grid": 128, "fuse_views": 24, "fuse_size": 128, "bake_render_views": 12}),
-    "standard": GeneratePreset(fit_iterations=1000, warm_iterations=300, faces=30_000, texture_size=1024),
-    "high": GeneratePreset(fit_iterations=2000, warm_iterations=600, faces=60_000, texture_size=2048, mesh={"grid": 256}),
-}
 
 #: Options a generate job accepts (``quality`` plus GenerateConfig field names).
 GENERATE_OPTIONS = ("quality", "model", "steps", "method", "seed", "device", "allow_download", "faces", "texture_size",

@@ -16,7 +16,9 @@ import numpy as np
 
 from .errors import InputError, OutputError
 from .io.atomic import atomic_file, check_output_path
+from .io.formats import IMAGE_SUFFIXES
 from .io.types import PosedSet
+from .presets import completion_iterations
 from .progress import CancelToken, ProgressCallback, check
 
 log = logging.getLogger(__name__)
@@ -25,8 +27,8 @@ SPLAT_SUFFIXES = (".ply",)
 #: Longer image side of the photos the feature pose refinement works on (when stored larger).
 FEATURE_RESOLUTION = 400
 #: Photo files of a folder without cameras (structure from motion).
-PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
-#: Most training photos for which ``complete="auto"`` generates the unseen sides (issue 7).
+PHOTO_SUFFIXES = IMAGE_SUFFIXES
+#: Most training photos for which ``complete="auto"`` generates the unseen sides.
 COMPLETE_MAX_PHOTOS = 4
 #: Values of ReconConfig.complete.
 COMPLETE_MODES = ("auto", "on", "off")
@@ -413,12 +415,12 @@ def _completion(transforms, posed: PosedSet, train_ids: list[int], train: PosedS
     from .complete import CompleteConfig, complete
     from .errors import DependencyError
 
+    first, warm = completion_iterations(config.iterations)
     ccfg = CompleteConfig(
         model=config.model, seed=config.seed, device=config.device, allow_download=config.allow_download,
         rvc=config.rvc, refine_cameras=config.pose_refine, make_mesh=out.suffix.lower() in MESH_SUFFIXES,
         faces=config.faces, texture_size=config.texture_size, mesh=dict(config.mesh),
-        # the optimisation budget: 3000 steps = the sampler's 1000-step first fit + 300 per later step
-        fit_iterations=max(config.iterations // 3, 1), warm_iterations=max(config.iterations // 10, 1),
+        fit_iterations=first, warm_iterations=warm,
     )
     photos = _sharper_training_photos(transforms, posed, train_ids, max(ccfg.photo_size, 512), cancel) or train
     t = time.perf_counter()

@@ -164,7 +164,9 @@ class VIEWFORGE_OT_generate(_JobOperator, bpy.types.Operator):
         names = {"iterations": "fit_iterations", "faces": "faces", "texture_size": "texture_size"}
         overrides = {key: int(getattr(s, name)) for name, key in names.items() if getattr(s, name) > 0}
         if "fit_iterations" in overrides:
-            overrides["warm_iterations"] = max(1, overrides["fit_iterations"] * 3 // 10)
+            from ..engine.presets import warm_iterations
+
+            overrides["warm_iterations"] = warm_iterations(overrides["fit_iterations"])
         return start_generate(
             context, s, device.lower(), model_cache=prefs.model_cache, offline=prefs.offline,
             allow_download=bool(bpy.app.online_access), overrides=overrides, timer=not bpy.app.background,

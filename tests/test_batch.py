@@ -18,7 +18,7 @@ from viewforge.engine.batch import (STATE_DIR, BatchConfig, batch_lock, find_inp
 from viewforge.engine.errors import InputError, OutputError
 from viewforge.engine.splat.model import read_splat_ply
 
-from test_jobs import sphere_posed_set
+from helpers import sphere_posed_set
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,28 @@ def test_find_inputs(batch_input, tmp_path):
         find_inputs(tmp_path / "empty")
     with pytest.raises(InputError, match="does not exist"):
         find_inputs(tmp_path / "nope")
+
+
+def test_every_image_suffix_is_read_and_batched(tmp_path):
+    import cv2
+    import numpy as np
+
+    from viewforge.engine import batch, recon
+    from viewforge.engine.images import load_image
+    from viewforge.engine.io.formats import IMAGE_SUFFIXES
+
+    assert batch.IMAGE_SUFFIXES is recon.PHOTO_SUFFIXES is IMAGE_SUFFIXES
+    img = np.zeros((8, 8, 3), np.uint8)
+    img[2:6, 2:6] = (40, 120, 200)
+    for suffix in IMAGE_SUFFIXES:
+        ok, buf = cv2.imencode(suffix, img)
+        assert ok, suffix
+        (tmp_path / f"im{suffix.replace('.', '_')}{suffix.upper()}").write_bytes(buf.tobytes())
+    for f in sorted(tmp_path.iterdir()):
+        rgb, _ = load_image(f)
+        assert rgb.shape == (8, 8, 3) and abs(float(rgb[3, 3, 2]) - 40 / 255) < 0.05, f.name
+    items = find_inputs(tmp_path)
+    assert len(items) == len(IMAGE_SUFFIXES) and {i.kind for i in items} == {"generate"}
 
 
 def test_batch_runs_every_job_and_reports_failures(batch_input, tmp_path, capsys):

@@ -25,7 +25,7 @@ from viewforge.engine.batch import STATE_DIR, BatchConfig, batch_lock, plan_batc
 from viewforge.engine.batch_ray import RayConfig, probe_output, run_plan_ray  # noqa: E402
 from viewforge.engine.errors import Cancelled, DependencyError, OutputError  # noqa: E402
 
-from test_jobs import sphere_posed_set  # noqa: E402
+from helpers import sphere_posed_set  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"

@@ -73,6 +73,23 @@ def test_each_command_has_help(command, capsys):
     assert ("--metrics" if command == "eval" else "-o") in out
 
 
+def test_reconstruct_and_generate_defaults_are_the_config_defaults():
+    from viewforge.engine.generate import GenerateConfig
+    from viewforge.engine.mesh.pipeline import MeshConfig
+    from viewforge.engine.recon import ReconConfig
+
+    parser = cli.build_parser()
+    r = parser.parse_args(["reconstruct", "in", "-o", "out.glb"])
+    d = ReconConfig()
+    assert (r.resolution, r.iterations, r.faces, r.texture_size, r.holdout, r.device, r.seed, r.complete, r.model) == (
+        d.resolution, d.iterations, d.faces, d.texture_size, d.holdout, d.device, d.seed, d.complete, d.model)
+    g = parser.parse_args(["generate", "img.png", "-o", "out.glb"])
+    d = GenerateConfig()
+    assert (g.model, g.steps, g.method, g.seed, g.faces, g.texture_size, g.size, g.iterations) == (
+        d.model, d.steps, d.method, d.seed, d.faces, d.texture_size, d.size, d.fit_iterations)
+    assert r.grid == g.grid == MeshConfig().grid
+
+
 def test_python_dash_m_help_does_not_import_bpy():
     code = (
         "import sys\n"

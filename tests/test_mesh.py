@@ -21,12 +21,7 @@ from viewforge.engine.mesh.texture import bake_texture, push_pull_fill, refine_t
 from viewforge.engine.progress import CancelToken
 from viewforge.engine.splat.model import Splats
 
-
-def _sphere(subdivisions: int = 3, radius: float = 1.0) -> Mesh:
-    import trimesh
-
-    s = trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
-    return Mesh(s.vertices, s.faces)
+from helpers import sphere_colour, sphere_mesh, sphere_splats
 
 
 def _cams(n: int, size: int, dist: float = 3.5, fov: float = 45.0) -> list[Camera]:
@@ -36,18 +31,13 @@ def _cams(n: int, size: int, dist: float = 3.5, fov: float = 45.0) -> list[Camer
             for i, d in enumerate(fibonacci_directions(n))]
 
 
-def _colour(points: np.ndarray) -> np.ndarray:
-    """A smooth colour field on the unit sphere (what the 'photos' show)."""
-    return np.clip(0.5 + 0.45 * np.stack([points[:, 0], np.sin(3 * points[:, 1]), points[:, 2] * points[:, 0]], 1), 0, 1)
-
-
 # --------------------------------------------------------------------------------------------
 # rasterizer
 # --------------------------------------------------------------------------------------------
 
 
 def test_rasterized_points_reproject_to_their_pixels_with_the_zbuffer_depth():
-    sphere = _sphere()
+    sphere = sphere_mesh()
     cam = _cams(1, 64)[0]
     frags = rasterize_mesh(sphere.vertices, sphere.faces, cam)
     m = frags.mask
@@ -93,7 +83,7 @@ def _depth_views(mesh: Mesh, cams: list[Camera]):
 
 
 def test_tsdf_of_true_depth_gives_the_surface_back_outward():
-    sphere = _sphere(4)
+    sphere = sphere_mesh(4)
     lo, hi = np.full(3, -1.2), np.full(3, 1.2)
     vol = fuse_tsdf(_depth_views(sphere, _cams(24, 96)), lo, hi, 64)
     v, f = marching_cubes(vol)
@@ -113,7 +103,7 @@ def test_empty_views_give_a_clear_error():
 
 
 def test_components_floaters_are_dropped_and_budgets_capped(caplog):
-    big, small = _sphere(3), _sphere(1, radius=0.05)
+    big, small = sphere_mesh(3), sphere_mesh(1, radius=0.05)
     v = np.concatenate([big.vertices, small.vertices + 3.0])
     f = np.concatenate([big.faces, small.faces + len(big.vertices)])
     v2, f2 = keep_main_components(v, f, 0.05)
@@ -142,8 +132,8 @@ def test_push_pull_fills_holes_from_neighbours_and_keeps_known_texels():
 
 
 def test_bake_from_photos_reproduces_the_colours_at_a_new_view():
-    sphere = _sphere(4)
-    cols = (_colour(sphere.vertices.astype(np.float64)) * 255).astype(np.uint8)
+    sphere = sphere_mesh(4)
+    cols = (sphere_colour(sphere.vertices.astype(np.float64)) * 255).astype(np.uint8)
     painted = Mesh(sphere.vertices, sphere.faces, colors=np.concatenate([cols, np.full((len(cols), 1), 255, np.uint8)], 1))
     photos = []
     for c in _cams(16, 96):
@@ -163,7 +153,7 @@ def test_bake_from_photos_reproduces_the_colours_at_a_new_view():
 
 def test_least_squares_texture_beats_the_averaging_bake_on_sharp_edges():
     # a sphere with a sharp 3D checker texture; photos rendered as render_textured draws them
-    sphere = _sphere(4)
+    sphere = sphere_mesh(4)
     vmap, faces, uvs = unwrap(sphere.vertices, sphere.faces, 256)
     verts = sphere.vertices[vmap].astype(np.float64)
     frags = rasterize_uv(uvs, faces, 256)
@@ -195,7 +185,7 @@ def test_least_squares_texture_beats_the_averaging_bake_on_sharp_edges():
 
 
 def test_chamfer_and_fscore_follow_the_protocol():
-    gt = _sphere(4)  # box longest side = 2: the normalised frame is the mesh's own
+    gt = sphere_mesh(4)  # box longest side = 2: the normalised frame is the mesh's own
     same = chamfer_fscore(gt, gt, samples=20000)
     # independent samples of one surface: the mean nearest-neighbour gap of 20k points (~0.0125)
     assert same["chamfer"] < 0.02 and same["fscore"] == 1.0
@@ -213,27 +203,6 @@ def test_chamfer_and_fscore_follow_the_protocol():
 # --------------------------------------------------------------------------------------------
 # the whole chain
 # --------------------------------------------------------------------------------------------
-
-
-def _sphere_splats(n: int = 4000, seed: int = 0) -> Splats:
-    """Flat, opaque Gaussians tiling the unit sphere, coloured by :func:`_colour`."""
-    g = torch.Generator().manual_seed(seed)
-    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
-    # flat discs: the smallest axis (z of the local frame) along the normal
-    z = torch.tensor([0.0, 0.0, 1.0]).expand(n, 3)
-    axis = torch.cross(z, d, dim=-1)
-    s = axis.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    angle = torch.atan2(s[:, 0], (z * d).sum(-1))
-    q = torch.cat([torch.cos(angle / 2)[:, None], axis / s * torch.sin(angle / 2)[:, None]], -1)
-    rgb = torch.from_numpy(_colour(d.numpy().astype(np.float64))).float()
-    return Splats(
-        means=d.clone(),
-        scales=torch.log(torch.tensor([0.05, 0.05, 0.005])).expand(n, 3).clone(),
-        quats=q,
-        opacities=torch.full((n,), 4.0),
-        sh0=((rgb - 0.5) / 0.28209479177387814)[:, None, :],
-        shN=torch.zeros(n, 0, 3),
-    )
 
 
 def test_ray_depth_follows_a_tilted_flat_gaussian_where_the_centre_depth_is_flat():
@@ -265,7 +234,7 @@ def test_ray_depth_follows_a_tilted_flat_gaussian_where_the_centre_depth_is_flat
 def test_silhouette_offset_recovers_an_inflation_of_the_surface():
     from viewforge.engine.mesh.silhouette import coverage, silhouette_offset
 
-    sphere = _sphere(4)
+    sphere = sphere_mesh(4)
     cams = _cams(8, 96)
     masks = [coverage(sphere.vertices, sphere.faces, c, 4) for c in cams]
     fat = sphere.vertices * 1.03  # 0.03 too far out along the normals
@@ -278,7 +247,7 @@ def test_silhouette_refine_moves_each_part_of_the_outline_onto_the_masks():
     offset cannot fit both axes, the per-vertex refinement follows each."""
     from viewforge.engine.mesh.silhouette import coverage, silhouette_refine
 
-    sphere = _sphere(4)
+    sphere = sphere_mesh(4)
     axes = np.array([1.0, 0.8, 0.65])
     cams = _cams(12, 96)
     masks = [coverage(sphere.vertices * axes, sphere.faces, c, 4) for c in cams]
@@ -359,8 +328,8 @@ SMALL = MeshConfig(faces=3000, texture_size=256, grid=64, fuse_views=16, fuse_si
 
 
 def test_splats_to_textured_mesh_matches_the_sphere():
-    splats = _sphere_splats()
-    sphere = _sphere(4)
+    splats = sphere_splats()
+    sphere = sphere_mesh(4)
     events = []
     res = splats_to_mesh(splats, None, SMALL, progress=events.append)
     mesh = res.mesh
@@ -378,7 +347,7 @@ def test_splats_to_textured_mesh_matches_the_sphere():
     cam = _cams(7, 64)[3]
     rgb, alpha = render_textured(mesh, cam)
     # the texture shows the colour field: compare with the painted sphere at the same view
-    cols = (_colour(sphere.vertices.astype(np.float64)) * 255).astype(np.uint8)
+    cols = (sphere_colour(sphere.vertices.astype(np.float64)) * 255).astype(np.uint8)
     ref, ref_a = render_textured(Mesh(sphere.vertices, sphere.faces,
                                       colors=np.concatenate([cols, np.full((len(cols), 1), 255, np.uint8)], 1)), cam)
     both = (alpha > 0.99) & (ref_a > 0.99)
@@ -387,7 +356,7 @@ def test_splats_to_textured_mesh_matches_the_sphere():
 
 
 def test_photos_take_precedence_over_renders():
-    splats = _sphere_splats()
+    splats = sphere_splats()
     cams = _cams(8, 64)
     grey = [np.full((64, 64, 3), 0.25, np.float32) for _ in cams]
     photos = PosedSet(cams, grey, None)
@@ -397,7 +366,7 @@ def test_photos_take_precedence_over_renders():
 
 
 def test_empty_or_transparent_splats_are_a_clear_error():
-    s = _sphere_splats(50)
+    s = sphere_splats(50)
     empty = Splats(s.means[:0], s.scales[:0], s.quats[:0], s.opacities[:0], s.sh0[:0], s.shN[:0])
     with pytest.raises(MeshError, match="no Gaussians"):
         splats_to_mesh(empty, None, SMALL)
@@ -416,5 +385,5 @@ def test_cancel_stops_the_mesh_stage():
             token.cancel()
 
     with pytest.raises(Cancelled):
-        splats_to_mesh(_sphere_splats(), None, SMALL, progress=progress, cancel=token)
+        splats_to_mesh(sphere_splats(), None, SMALL, progress=progress, cancel=token)
     assert not any(e.stage == "unwrap" for e in calls)

@@ -447,3 +447,25 @@ def test_fox_photos_with_distortion_load_undistorted():
     assert (cam.width, cam.height) == (72, 128) and cam.distortion is None
     assert cam.fx == pytest.approx(1375.52 * 72 / 1080) and cam.cy == pytest.approx(965.268 * 128 / 1920)
     assert load_posed_set(path, resolution=64, undistort=False).cameras[0].distortion is not None
+
+
+def test_dumps_transforms_puts_number_lists_on_one_line_and_keeps_strings():
+    from viewforge.engine.io.posed import dumps_transforms, write_transforms
+
+    meta = {"camera_angle_x": 0.5, "name": "a[1,2]", "empty": [],
+            "frames": [{"file_path": "images/x[1,\n2].png", "transform_matrix": [[1.0, 0.0], [0.0, -1e-05]]}]}
+    text = dumps_transforms(meta)
+    assert json.loads(text) == meta and text.endswith("}\n")
+    assert '"transform_matrix": [\n        [1.0, 0.0],\n        [0.0, -1e-05]\n      ]' in text
+    assert '"a[1,2]"' in text and '"empty": []' in text
+    with pytest.raises(OutputError):
+        dumps_transforms({"frames": [], "bad": object()})
+
+
+def test_every_transforms_json_writer_goes_through_dumps_transforms():
+    # one writer: the other modules call engine/io/posed.py instead of json.dumps-ing frames themselves
+    root = Path(__file__).resolve().parents[1]
+    for rel in ("bridge/render.py", "bridge/posed.py", "bridge/reconstruct.py"):
+        src = (root / rel).read_text()
+        assert "dumps_transforms" in src or "write_transforms" in src, rel
+        assert "json.dumps(transforms" not in src and "json.dumps(meta" not in src, rel

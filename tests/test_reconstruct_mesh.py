@@ -15,7 +15,7 @@ from viewforge.engine.io.posed import write_posed_set
 from viewforge.engine.progress import CancelToken
 from viewforge.engine.recon import ReconConfig, reconstruct
 
-from test_mesh import _sphere, _sphere_splats
+from helpers import sphere_mesh, sphere_splats
 from test_splat_fit import _posed, _rig
 
 SMALL = ["--resolution", "40", "--iterations", "300", "--faces", "3000", "--texture-size", "256", "--grid", "64",
@@ -25,8 +25,8 @@ SMALL = ["--resolution", "40", "--iterations", "300", "--faces", "3000", "--text
 @pytest.fixture(scope="module")
 def sphere_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("sphere")
-    posed = write_posed_set(_posed(_sphere_splats(), _rig(16)), root / "posed")
-    gt = write_mesh(_sphere(4), root / "sphere.ply")
+    posed = write_posed_set(_posed(sphere_splats(), _rig(16)), root / "posed")
+    gt = write_mesh(sphere_mesh(4), root / "sphere.ply")
     return posed / "transforms.json", gt
 
 
@@ -80,7 +80,7 @@ def test_cancel_in_the_mesh_stage_leaves_nothing(sphere_set, tmp_path):
 
 
 def test_eval_bad_input_is_one_line(tmp_path, capsys):
-    pred = write_mesh(_sphere(2), tmp_path / "p.ply")
+    pred = write_mesh(sphere_mesh(2), tmp_path / "p.ply")
     assert cli.main(["eval", str(pred)]) == 2
     err = capsys.readouterr().err
     assert "nothing to evaluate" in err and "Fix:" in err and err.count("\n") == 1
@@ -91,7 +91,7 @@ def test_eval_bad_input_is_one_line(tmp_path, capsys):
 
 
 def test_eval_shifted_sphere(tmp_path, capsys):
-    gt = _sphere(4)
+    gt = sphere_mesh(4)
     from viewforge.engine.io.types import Mesh
 
     pred = write_mesh(Mesh(gt.vertices + [0.05, 0, 0], gt.faces), tmp_path / "p.glb")

@@ -340,7 +340,7 @@ def test_obj_import_and_cancel(bpy_module, tmp_path):
 @pytest.mark.blender
 @pytest.mark.shared_data
 def test_duck_cli_silhouettes_contain_the_surface(bpy_module, tmp_path):
-    """The issue's check: the CLI renders 24 views at 256 px of the Duck; >= 99 % of surface points
+    """The CLI renders 24 views at 256 px of the Duck; >= 99 % of surface points
     of the normalised mesh project inside the alpha of every view."""
     from viewforge.engine.io.mesh import read_mesh
 

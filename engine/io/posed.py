@@ -279,6 +279,33 @@ def _file_name(index: int, name: str, suffix: str) -> str:
     return f"{index:04d}_{safe}{suffix}"
 
 
+# A list of numbers as json.dumps(indent=2) lays it out, one number a line (a string cannot hold
+# a raw newline, so file names with brackets are left alone).
+_NUMBER_LIST = re.compile(r"\[\n\s*(-?[\d.eE+-]+(?:,\n\s*-?[\d.eE+-]+)*)\n\s*\]")
+
+
+def dumps_transforms(transforms: dict[str, Any]) -> str:
+    """The text of a transforms.json: indented JSON with each number list (a matrix row, a
+    distortion vector) on one line, ending in a newline. Every transforms.json Viewforge writes
+    goes through here. Raises OutputError for values JSON cannot hold."""
+    try:
+        text = json.dumps(transforms, indent=2)
+    except (TypeError, ValueError) as e:
+        raise OutputError(
+            f"posed set meta cannot be written as JSON ({e})",
+            "keep only JSON values (numbers, strings, lists, dicts) in PosedSet.meta",
+        ) from None
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
+
+
+def write_transforms(path: str | os.PathLike, transforms: dict[str, Any]) -> Path:
+    """Write ``transforms`` (a transforms.json dict) to ``path`` as :func:`dumps_transforms` lays
+    it out (UTF-8). The caller picks the folder and makes the write atomic where it needs to."""
+    path = Path(path)
+    path.write_text(dumps_transforms(transforms), encoding="utf-8")
+    return path
+
+
 def write_posed_set(posed: PosedSet, out_dir: str | os.PathLike, *, image_format: str = "png") -> Path:
     """Write ``posed`` as ``out_dir/transforms.json`` + ``out_dir/images/NNNN_name.png``.
 
@@ -306,13 +333,7 @@ def write_posed_set(posed: PosedSet, out_dir: str | os.PathLike, *, image_format
     out: dict[str, Any] = {k: v for k, v in posed.meta.items()
                            if k not in CAMERA_KEYS and k not in LOADER_KEYS and k not in transforms}
     out.update(transforms)
-    try:
-        text = json.dumps(out, indent=2)
-    except (TypeError, ValueError) as e:
-        raise OutputError(
-            f"posed set meta cannot be written as JSON ({e})",
-            "keep only JSON values (numbers, strings, lists, dicts) in PosedSet.meta",
-        ) from None
+    text = dumps_transforms(out)
     with atomic_dir(out_dir) as tmp:
         (tmp / "images").mkdir()
         for i, rel in enumerate(file_paths):
@@ -325,7 +346,7 @@ def write_posed_set(posed: PosedSet, out_dir: str | os.PathLike, *, image_format
                 if not ok:
                     raise OutputError(f"JPEG encoding failed for {rel}", "write the set as PNG")
                 (tmp / rel).write_bytes(buf.tobytes())
-        (tmp / "transforms.json").write_text(text + "\n", encoding="utf-8")
+        (tmp / "transforms.json").write_text(text, encoding="utf-8")
     final = Path(out_dir).expanduser().absolute()
     log.info("wrote posed set of %d images to %s", len(posed), final)
     return final
@@ -333,8 +354,10 @@ def write_posed_set(posed: PosedSet, out_dir: str | os.PathLike, *, image_format
 
 __all__ = [
     "IMAGE_SUFFIXES_TRIED",
+    "dumps_transforms",
     "load_posed_set",
     "read_transforms",
     "resolve_image_path",
     "write_posed_set",
+    "write_transforms",
 ]
