@@ -163,10 +163,6 @@ def reconstruct_job(spec: JobSpec, progress: ProgressCallback | None = None, can
     return JobResult(str(res.output), m, summary)
 
 
-#: Whether the ``generate`` job can run (the operator's poll and the panel use it).
-GENERATE_AVAILABLE = True
-
-
 #: Options a generate job accepts (``quality`` plus GenerateConfig field names).
 GENERATE_OPTIONS = ("quality", "model", "steps", "method", "seed", "device", "allow_download", "faces", "texture_size",
                     "size", "fit_iterations", "warm_iterations", "mesh", "fit")
@@ -807,7 +803,6 @@ def _worker_cwd() -> str:
 
 __all__ = [
     "CANCEL_GRACE_S",
-    "GENERATE_AVAILABLE",
     "GENERATE_OPTIONS",
     "GENERATE_PRESETS",
     "JOB_FUNCTIONS",
