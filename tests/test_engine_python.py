@@ -188,7 +188,7 @@ def test_subprocess_job_in_a_python_that_cannot_start(tmp_path):
 
 
 def test_a_real_reconstruction_in_the_engine_python(tmp_path):
-    from test_jobs import TINY, sphere_posed_set
+    from helpers import TINY, sphere_posed_set
 
     posed = sphere_posed_set(tmp_path / "sphere")
     out = tmp_path / "sphere.ply"

@@ -17,7 +17,7 @@ import pytest
 
 from viewforge import cli
 
-from test_jobs import sphere_posed_set
+from helpers import sphere_posed_set
 
 REPO = Path(__file__).resolve().parents[1]
 OPENJD = REPO / "scripts" / "farm" / "viewforge-batch.openjd.yaml"

@@ -15,8 +15,8 @@ from viewforge.engine import jobs
 from viewforge.engine.errors import Cancelled, DependencyError, InputError, ResourceError
 from viewforge.engine.recon import ReconConfig
 
-# test_engine_python.py and test_farm_templates.py still import these two from here
-from helpers import TINY, sphere_posed_set  # noqa: F401
+from helpers import TINY, sphere_posed_set
+
 
 @pytest.fixture(scope="module")
 def sphere_set(tmp_path_factory) -> Path:
