@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import shutil
 import tempfile
 import threading
@@ -64,7 +63,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..cameras import Camera, Distortion
+from ..cameras import Camera, Distortion, orthonormal_pose, rotation_angle_deg
 from ..errors import DependencyError, InputError
 from ..io.types import PosedSet
 from ..progress import CancelToken, ProgressCallback, check, report
@@ -188,10 +187,6 @@ def _pycolmap():
     return pycolmap
 
 
-def _rot_angle_deg(r: np.ndarray) -> float:
-    return math.degrees(math.acos(min(1.0, max(-1.0, (float(np.trace(r)) - 1.0) / 2.0))))
-
-
 def _unique_names(paths: Sequence[Path]) -> list[str]:
     names, seen = [], {}
     for p in paths:
@@ -257,7 +252,8 @@ def filter_view_graph(
                     if rot[b] is None:
                         rot[b] = r_ba @ rot[a]
                         stack.append(b)
-        return np.array([_rot_angle_deg(rot[int(e[1])] @ rot[int(e[0])].T @ r.T) for e, r in zip(edges, rel)])
+        return np.array([rotation_angle_deg(np.eye(3), rot[int(e[1])] @ rot[int(e[0])].T @ r.T)
+                         for e, r in zip(edges, rel)])
 
     everything = np.ones(m, bool)
     best, best_score = everything, -1.0
@@ -330,9 +326,7 @@ def _camera_from_colmap(cam, name: str) -> Camera:
 def _pose_of(image) -> np.ndarray:
     w2c = np.eye(4)
     w2c[:3, :4] = np.asarray(image.cam_from_world().matrix(), dtype=np.float64)
-    u, _, vt = np.linalg.svd(w2c[:3, :3])
-    w2c[:3, :3] = u @ vt
-    return w2c
+    return orthonormal_pose(w2c)
 
 
 def _frame_transform(cams: list[Camera], points: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
@@ -895,7 +889,7 @@ def _drop_pairs_supporting(pycolmap, db_path: Path, recon, bad: dict[int, float]
                 continue
             if a in poses and b in poses:
                 r_ba = poses[b][:3, :3] @ poses[a][:3, :3].T
-                if _rot_angle_deg(r_ba @ np.asarray(e[2]).T) > tol_deg:
+                if rotation_angle_deg(np.eye(3), r_ba @ np.asarray(e[2]).T) > tol_deg:
                     continue
             db.delete_inlier_matches(a, b)
     finally:
