@@ -165,7 +165,7 @@ def test_featureless_photos_raise_camera_error():
 
 def test_fit_keeps_the_cameras_of_featureless_photos_and_says_so():
     """Refinement is an improvement step: photos with nothing to match (no texture at all) keep
-    their cameras exactly, the fit goes on, and the warning says why (issue 21)."""
+    their cameras exactly, the fit goes on, and the warning says why."""
     from viewforge.engine.poses.refine import fit_splats
     from viewforge.engine.splat.fit import FitConfig
 
@@ -228,7 +228,7 @@ def test_fit_splats_refines_poses_with_features(textured_scene):
 
 @pytest.mark.shared_data
 def test_lego_100_views_recovered_to_half_a_degree():
-    """Issue 3/7 target on real photos: all 100 lego training cameras, perturbed by 3 degrees /
+    """The target on real photos: all 100 lego training cameras, perturbed by 3 degrees /
     3 %, come back to < 0.5 degree median after the similarity (bench/poses.py --views 100)."""
     from conftest import SHARED_DATA
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..cameras import Camera, orthonormal_pose
 from ..device import resolve_device
+from ..images import gaussian_blur
 from ..io.types import PosedSet
 from ..progress import CancelToken, ProgressCallback, check, report
 from ..splat.fit import CameraRefiner
@@ -44,9 +45,8 @@ class AlignConfig:
 
     L-BFGS, not Adam: for an object small in the field of view, a rotation about an axis across
     the view is nearly the same image change as a sideways translation; the loss valley is long
-    and thin, and a quasi-Newton method follows it where Adam stalls (measured: 0.07 vs 1.1
-    degrees median error aligning 3-degree-perturbed cameras to the true model, see
-    docs/reconstruction.md)."""
+    and thin, and a quasi-Newton method follows it where Adam stalls (docs/reconstruction.md has
+    the comparison)."""
 
     steps: int = 100
     blur_px: tuple[float, ...] = (1.0, 0.0)
@@ -59,22 +59,6 @@ class AlignResult:
     cameras: list[Camera]
     loss_before: list[float]
     loss_after: list[float]
-
-
-def _blur(img, sigma: float):
-    """img (1, C, H, W) -> blurred with a separable Gaussian (reflect padding)."""
-    import torch
-
-    if sigma <= 0:
-        return img
-    r = max(1, int(round(3 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    c = img.shape[1]
-    img = torch.nn.functional.pad(img, (r, r, r, r), mode="reflect")
-    img = torch.nn.functional.conv2d(img, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return torch.nn.functional.conv2d(img, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def align_cameras(
@@ -118,8 +102,8 @@ def align_cameras(
         bg = torch.zeros(1, 3, device=dev)
         stage_losses: list[float] = []
         for sigma in config.blur_px or (0.0,):
-            tgt = _blur(target, sigma)
-            tgt_mask = None if mask is None else _blur(mask, sigma)
+            tgt = gaussian_blur(target, sigma)
+            tgt_mask = None if mask is None else gaussian_blur(mask, sigma)
             opt = torch.optim.LBFGS([delta], lr=1.0, max_iter=config.steps // n_stage + 1, history_size=10,
                                     line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
 
@@ -129,9 +113,10 @@ def align_cameras(
                     p["means"], p["quats"], scales, opac, colors, se3_exp(delta) @ w2c, K, w, h,
                     sh_degree=splats.sh_degree, backgrounds=bg, backend=backend,
                 )
-                loss = ((_blur(render.permute(0, 3, 1, 2), sigma) - tgt) ** 2).mean()
+                loss = ((gaussian_blur(render.permute(0, 3, 1, 2), sigma) - tgt) ** 2).mean()
                 if tgt_mask is not None and config.mask_weight > 0:
-                    loss = loss + config.mask_weight * ((_blur(alpha.permute(0, 3, 1, 2), sigma) - tgt_mask) ** 2).mean()
+                    blurred = gaussian_blur(alpha.permute(0, 3, 1, 2), sigma)
+                    loss = loss + config.mask_weight * ((blurred - tgt_mask) ** 2).mean()
                 loss.backward()
                 stage_losses.append(float(loss.detach()))
                 return loss

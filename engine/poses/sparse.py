@@ -1,4 +1,4 @@
-"""Sparse pose refinement against a model (ReconViaGen's refinement, seed 001): render, match, PnP.
+"""Sparse pose refinement against a model (ReconViaGen's refinement): render, match, PnP.
 
 For each photo i with current world-to-camera pose W_i (docs/poses.md has the derivation):
 
@@ -384,9 +384,8 @@ class PhotoRigConfig:
     band_schedule: the guided matching's epipolar bands per round (FeatureConfig's); the first
         round is unguided (0): a 3 degree error moves the epipolar lines by ~f * 0.05 px (18 px at
         256 px, 40 px at 480 px), more than FeatureConfig's first band (6 % of the side), so a
-        guided first round keeps the matches that agree with the wrong cameras (measured on
-        tests/test_poses_rig.py's scene, 4 seeds: 0.2-2.0 degrees after alignment guided,
-        0.17-0.19 unguided with the priors below).
+        guided first round keeps the matches that agree with the wrong cameras (docs/poses.md,
+        "first matching round unguided").
     prior_rotation, prior_translation: the bundle adjustment's prior weights on each camera's
         rotation and on its translation (FeatureConfig ``prior_weight`` /
         ``prior_weight_translation``): scene cameras' positions are held, their orientations

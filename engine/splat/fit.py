@@ -142,8 +142,6 @@ def _view_schedule(n: int, weights: "Sequence[float] | None") -> np.ndarray:
         return np.arange(n)
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
-        from ..errors import InputError
-
         raise InputError(f"view_weights must be {n} positive numbers, got {list(w)}", "give one weight > 0 per view")
     return np.repeat(np.arange(n), np.maximum(np.round(w / w.min()), 1).astype(int))
 
