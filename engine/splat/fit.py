@@ -31,6 +31,7 @@ from .model import Splats, init_splats, random_points, scene_scale, visual_hull_
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class FitConfig:
     """Settings of :func:`fit_splats`. Defaults suit ~24 views at ~200 px on a laptop CPU.
