@@ -92,7 +92,8 @@ def main() -> int:
     from viewforge.engine.io.types import PosedSet
     from viewforge.engine.poses.evaluate import perturb_cameras, rotation_errors
     from viewforge.engine.poses.photometric import AlignConfig, align_cameras
-    from viewforge.engine.splat.fit import FitConfig, fit_splats
+    from viewforge.engine.poses.refine import fit_splats
+    from viewforge.engine.splat.fit import FitConfig
 
     from viewforge.engine.poses.features import FeatureConfig, refine_poses_features
 

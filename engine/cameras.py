@@ -23,7 +23,7 @@ import math
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -679,6 +679,15 @@ def rotation_angle_deg(r_a: np.ndarray, r_b: np.ndarray) -> float:
     return math.degrees(math.acos(min(1.0, max(-1.0, c))))
 
 
-def stack_intrinsics(cameras: Iterable[Camera]) -> np.ndarray:
-    """(N, 3, 3) intrinsic matrices."""
-    return np.stack([c.K for c in cameras])
+def orthonormal_pose(m: np.ndarray) -> np.ndarray:
+    """The (4, 4) rigid transform nearest ``m``: its rotation block projected onto SO(3) by SVD
+    (a reflection flipped back to a rotation), its translation kept."""
+    u, _, vt = np.linalg.svd(m[:3, :3])
+    r = u @ vt
+    if np.linalg.det(r) < 0:
+        u[:, -1] *= -1
+        r = u @ vt
+    out = np.eye(4)
+    out[:3, :3] = r
+    out[:3, 3] = m[:3, 3]
+    return out

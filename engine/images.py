@@ -1,4 +1,5 @@
-"""Image loading, saving, resizing and undistortion (OpenCV underneath).
+"""Image loading, saving, resizing, undistortion (OpenCV underneath) and the Gaussian blur of
+image tensors (torch).
 
 Conventions (docs/formats.md):
 
@@ -12,7 +13,7 @@ Conventions (docs/formats.md):
   :mod:`viewforge.engine.cameras`; :func:`resize` and :func:`undistort` keep that convention so
   that ``Camera.resized`` / ``Camera.without_distortion`` describe the resulting image exactly.
 
-cv2 is imported inside the functions so that ``import viewforge.engine`` stays light.
+cv2 and torch are imported inside the functions so that ``import viewforge.engine`` stays light.
 """
 
 from __future__ import annotations
@@ -170,6 +171,24 @@ def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     interp = cv2.INTER_AREA if (width <= w and height <= h) else cv2.INTER_LINEAR
     out = cv2.resize(np.ascontiguousarray(src), (width, height), interpolation=interp)
     return out[:, :, None] if squeeze else out
+
+
+def gaussian_blur(img, sigma: float, *, radius: int | None = None, padding: str = "reflect"):
+    """(N, C, H, W) tensor -> blurred with a separable Gaussian of std ``sigma`` px (sigma <= 0:
+    ``img`` itself). radius: the kernel's half width (None: ``max(1, round(3 sigma))``).
+    padding: torch ``pad`` mode at the borders ("reflect", "replicate")."""
+    import torch
+
+    if sigma <= 0:
+        return img
+    r = max(1, int(round(3 * sigma))) if radius is None else int(radius)
+    x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    c = img.shape[1]
+    img = torch.nn.functional.pad(img, (r, r, r, r), mode=padding)
+    img = torch.nn.functional.conv2d(img, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return torch.nn.functional.conv2d(img, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def mask_signed_distance(mask: np.ndarray, threshold: float = 0.5, upsample: int = 4) -> np.ndarray:

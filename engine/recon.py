@@ -269,7 +269,8 @@ def reconstruct_posed(
     With at most COMPLETE_MAX_PHOTOS training photos (``config.complete``), the generator
     completes the sides no photo saw (engine/complete.py) instead of the plain fit."""
     from .io.posed import load_posed_set
-    from .splat.fit import FitConfig, fit_splats
+    from .poses.refine import fit_splats
+    from .splat.fit import FitConfig
 
     out = check_output_path(output)
     suffix = out.suffix.lower()

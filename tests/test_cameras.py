@@ -17,6 +17,7 @@ from viewforge.engine.cameras import (
     cameras_from_colmap,
     cameras_from_transforms,
     look_at,
+    orthonormal_pose,
     rotation_angle_deg,
     transforms_from_cameras,
 )
@@ -315,3 +316,17 @@ def test_rotation_angle():
     a = math.radians(3.0)
     rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
     assert rotation_angle_deg(r, rz @ r) == pytest.approx(3.0, abs=1e-9)
+
+
+def test_orthonormal_pose_projects_onto_a_rotation_and_keeps_the_translation():
+    w2c = look_at(np.array([2.0, -1.0, 1.5]), (0, 0, 0))
+    noisy = w2c.copy()
+    noisy[:3, :3] += 1e-4 * np.random.default_rng(0).normal(size=(3, 3))
+    out = orthonormal_pose(noisy)
+    np.testing.assert_allclose(out[:3, :3] @ out[:3, :3].T, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(out[:3, :3], w2c[:3, :3], atol=1e-3)
+    np.testing.assert_array_equal(out[:3, 3], noisy[:3, 3])
+    np.testing.assert_array_equal(out[3], [0, 0, 0, 1])
+    flipped = w2c.copy()
+    flipped[:3, 0] *= -1  # a reflection: the nearest rotation, not the reflection itself
+    assert np.linalg.det(orthonormal_pose(flipped)[:3, :3]) == pytest.approx(1.0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from viewforge.engine.cameras import Camera, Distortion, look_at
 from viewforge.engine.errors import ImageError, OutputError
-from viewforge.engine.images import load_image, resize, save_png, undistort
+from viewforge.engine.images import gaussian_blur, load_image, resize, save_png, undistort
 
 RNG = np.random.default_rng(7)
 
@@ -202,3 +202,19 @@ def test_undistort_moves_dots_to_the_pinhole_projection():
     # No distortion: a no-op.
     same, m, c = undistort(img, pinhole, mask)
     assert same is img and m is mask and c is pinhole
+
+
+@pytest.mark.parametrize("sigma", [0.7, 1.0, 1.5])
+def test_gaussian_blur_matches_opencv(sigma):
+    import cv2
+    import torch
+
+    img = np.random.default_rng(0).random((20, 24, 3)).astype(np.float32)
+    t = torch.from_numpy(img).permute(2, 0, 1)[None]
+    r = max(1, int(round(3 * sigma)))
+    ref = cv2.GaussianBlur(img, (2 * r + 1, 2 * r + 1), sigma, borderType=cv2.BORDER_REFLECT_101)
+    np.testing.assert_allclose(gaussian_blur(t, sigma)[0].permute(1, 2, 0).numpy(), ref, atol=1e-5)
+    ref = cv2.GaussianBlur(img, (2 * r + 3, 2 * r + 3), sigma, borderType=cv2.BORDER_REPLICATE)
+    got = gaussian_blur(t, sigma, radius=r + 1, padding="replicate")[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert gaussian_blur(t, 0.0) is t

@@ -165,8 +165,9 @@ def test_featureless_photos_raise_camera_error():
 
 def test_fit_keeps_the_cameras_of_featureless_photos_and_says_so():
     """Refinement is an improvement step: photos with nothing to match (no texture at all) keep
-    their cameras exactly, the fit goes on, and the warning says why (issue 21)."""
-    from viewforge.engine.splat.fit import FitConfig, fit_splats
+    their cameras exactly, the fit goes on, and the warning says why."""
+    from viewforge.engine.poses.refine import fit_splats
+    from viewforge.engine.splat.fit import FitConfig
 
     cams = _ring(4)
     yy, xx = np.mgrid[:SIZE, :SIZE]
@@ -185,7 +186,8 @@ def test_fit_keeps_the_cameras_of_featureless_photos_and_says_so():
 
 def test_fit_names_the_cameras_the_features_could_not_refine(textured_scene, monkeypatch):
     """A view with too few matches keeps its input pose; the warning names it."""
-    from viewforge.engine.splat.fit import FitConfig, fit_splats
+    from viewforge.engine.poses.refine import fit_splats
+    from viewforge.engine.splat.fit import FitConfig
 
     cams, images, masks = textured_scene
     cams, images, masks = list(cams[:6]), list(images[:6]), list(masks[:6])
@@ -209,7 +211,8 @@ def test_cancel(textured_scene):
 
 
 def test_fit_splats_refines_poses_with_features(textured_scene):
-    from viewforge.engine.splat.fit import FitConfig, fit_splats
+    from viewforge.engine.poses.refine import fit_splats
+    from viewforge.engine.splat.fit import FitConfig
 
     cams, images, masks = textured_scene
     noisy = perturb_cameras(cams, 3.0, 0.03, seed=2)
@@ -225,7 +228,7 @@ def test_fit_splats_refines_poses_with_features(textured_scene):
 
 @pytest.mark.shared_data
 def test_lego_100_views_recovered_to_half_a_degree():
-    """Issue 3/7 target on real photos: all 100 lego training cameras, perturbed by 3 degrees /
+    """The target on real photos: all 100 lego training cameras, perturbed by 3 degrees /
     3 %, come back to < 0.5 degree median after the similarity (bench/poses.py --views 100)."""
     from conftest import SHARED_DATA
 
@@ -242,7 +245,8 @@ def test_lego_100_views_recovered_to_half_a_degree():
 
 def test_unknown_pose_method_is_an_input_error(textured_scene):
     from viewforge.engine.errors import InputError
-    from viewforge.engine.splat.fit import FitConfig, fit_splats
+    from viewforge.engine.poses.refine import fit_splats
+    from viewforge.engine.splat.fit import FitConfig
 
     cams, images, masks = textured_scene
     with pytest.raises(InputError, match="pose_method"):
@@ -256,7 +260,8 @@ def test_features_then_final_photometric_alignment(textured_scene):
     features' recovery."""
     import cv2
 
-    from viewforge.engine.splat.fit import FitConfig, fit_splats
+    from viewforge.engine.poses.refine import fit_splats
+    from viewforge.engine.splat.fit import FitConfig
 
     cams, images, masks = textured_scene
     noisy = perturb_cameras(cams, 3.0, 0.03, seed=1)

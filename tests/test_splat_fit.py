@@ -105,12 +105,22 @@ def test_photometric_alignment_recovers_perturbed_cameras(scene):
 
 
 def test_fit_with_pose_refinement_runs_and_moves_cameras(scene):
+    from viewforge.engine.poses import refine
+
     _, train, _ = scene
     noisy = PosedSet(perturb_cameras(train.cameras, 3.0, 0.03, seed=1), train.images, train.masks)
-    res = fit_splats(noisy, FitConfig(iterations=60, init_points=1000, sh_degree=0, pose_refine=True,
+    res = refine.fit_splats(noisy, FitConfig(iterations=60, init_points=1000, sh_degree=0, pose_refine=True,
                                       pose_rounds=(0.5,), pose_align_steps=10, densify=False, device="cpu"))
     moved = [rotation_angle_deg(a.R, b.R) for a, b in zip(res.cameras, noisy.cameras)]
     assert len(res.cameras) == len(noisy) and max(moved) > 0.01
+
+
+def test_plain_fit_refuses_pose_refinement_without_a_refiner(scene):
+    from viewforge.engine.errors import InputError
+
+    _, train, _ = scene
+    with pytest.raises(InputError, match="poses.refine.fit_splats"):
+        fit_splats(train, FitConfig(iterations=5, init_points=100, pose_refine=True, device="cpu"))
 
 
 def test_splat_ply_round_trip(tmp_path, scene):
@@ -188,7 +198,7 @@ def test_out_of_memory_is_a_clear_error(scene, monkeypatch):
 
 
 def test_perturbation_is_the_fits_pose_correction(scene):
-    from viewforge.engine.splat.fit import se3_exp
+    from viewforge.engine.splat.se3 import se3_exp
 
     _, train, _ = scene
     cam = train.cameras[0]

@@ -766,13 +766,8 @@ def refine_poses_features(
     )
 
 
-def pose_scores(views: Sequence[ViewReliability]) -> dict[str, float]:
-    """{view name: score} for reports and metrics."""
-    return {v.name: round(v.score, 4) for v in views}
-
-
 __all__ = [
     "FeatureConfig", "ViewFeatures", "Tracks", "ViewReliability", "FeatureRefineResult", "BundleResult",
     "detect_features", "select_pairs", "match_descriptors", "match_pairs", "build_tracks", "triangulate",
-    "bundle_adjust", "similarity_to", "transform_cameras", "refine_poses_features", "pose_scores",
+    "bundle_adjust", "similarity_to", "transform_cameras", "refine_poses_features",
 ]

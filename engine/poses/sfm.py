@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import shutil
 import tempfile
 import threading
@@ -64,7 +63,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..cameras import Camera, Distortion
+from ..cameras import Camera, Distortion, orthonormal_pose, rotation_angle_deg
 from ..errors import DependencyError, InputError
 from ..io.types import PosedSet
 from ..progress import CancelToken, ProgressCallback, check, report
@@ -188,10 +187,6 @@ def _pycolmap():
     return pycolmap
 
 
-def _rot_angle_deg(r: np.ndarray) -> float:
-    return math.degrees(math.acos(min(1.0, max(-1.0, (float(np.trace(r)) - 1.0) / 2.0))))
-
-
 def _unique_names(paths: Sequence[Path]) -> list[str]:
     names, seen = [], {}
     for p in paths:
@@ -257,7 +252,8 @@ def filter_view_graph(
                     if rot[b] is None:
                         rot[b] = r_ba @ rot[a]
                         stack.append(b)
-        return np.array([_rot_angle_deg(rot[int(e[1])] @ rot[int(e[0])].T @ r.T) for e, r in zip(edges, rel)])
+        return np.array([rotation_angle_deg(np.eye(3), rot[int(e[1])] @ rot[int(e[0])].T @ r.T)
+                         for e, r in zip(edges, rel)])
 
     everything = np.ones(m, bool)
     best, best_score = everything, -1.0
@@ -330,9 +326,7 @@ def _camera_from_colmap(cam, name: str) -> Camera:
 def _pose_of(image) -> np.ndarray:
     w2c = np.eye(4)
     w2c[:3, :4] = np.asarray(image.cam_from_world().matrix(), dtype=np.float64)
-    u, _, vt = np.linalg.svd(w2c[:3, :3])
-    w2c[:3, :3] = u @ vt
-    return w2c
+    return orthonormal_pose(w2c)
 
 
 def _frame_transform(cams: list[Camera], points: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
@@ -394,10 +388,6 @@ def estimate_poses(
     without pycolmap, :class:`~viewforge.engine.errors.Cancelled` when cancelled. Photos that do
     not register, duplicates and photos of other objects are warnings (log + ``warnings``).
     """
-    import cv2
-
-    from ..images import load_image, undistort as undistort_image
-
     if config.camera_model not in CAMERA_MODELS:
         raise InputError(
             f"SfM camera model {config.camera_model!r} is not supported", f"use one of {', '.join(CAMERA_MODELS)}"
@@ -418,8 +408,132 @@ def estimate_poses(
             "or give the photo a camera",
         )
     names = _unique_names(paths)
+    photos = _load_photos(paths, names, progress, cancel)
+    if photos.duplicates:
+        warn(
+            "identical photos dropped (each kept once): "
+            + ", ".join(f"{d} (same as {k})" for d, k in photos.duplicates.items())
+        )
+    keep = photos.keep
+    if len(keep) < 2:
+        raise InputError(
+            f"structure from motion needs at least 2 distinct overlapping photos; the {len(paths)} given are identical",
+            "add photos of the object taken from other viewpoints",
+        )
+    seconds["load"] = time.perf_counter() - t_start
 
-    # 1. load + duplicates
+    pycolmap = _pycolmap()
+    # COLMAP's own log lines (glog, also its "E..." lines for a failed model, which this function
+    # turns into typed errors) stay out of the terminal while it runs; restored afterwards.
+    previous_level = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = 3
+    pycolmap.set_random_seed(int(config.seed))
+    work = Path(tempfile.mkdtemp(prefix="viewforge_sfm_"))
+    try:
+        ws = _write_workspace(work, photos, config)
+
+        t0 = time.perf_counter()
+        report(progress, "sfm", 1, 10, "features")
+        _extract_features(pycolmap, ws, {photos.images[i].shape[:2] for i in keep}, config, cancel)
+        seconds["features"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        report(progress, "sfm", 4, 10, "matching")
+        matching, verification = _match(pycolmap, ws.db_path, config, cancel)
+        seconds["matching"] = time.perf_counter() - t0
+        matched_db = work / "matched.db"  # the verified pairs before any deletion (leftover pass)
+        shutil.copyfile(ws.db_path, matched_db)
+
+        t0 = time.perf_counter()
+        graph = _filter_pairs(pycolmap, ws.db_path, config)
+        if not graph.pairs:
+            raise InputError(
+                f"structure from motion found no photo pair with {config.min_pair_inliers} or more matching features "
+                f"among the {len(keep)} photos",
+                "take photos that overlap more (about 15-30 degrees apart around the object), of a textured, "
+                "non-shiny object, in focus",
+            )
+        masks_all = all(photos.alphas[i] is not None for i in keep)
+        recon, other_models, banned = _map_with_silhouettes(pycolmap, config, ws, graph, photos.alphas, masks_all,
+                                                            progress, cancel)
+        if (config.leftover_pass and masks_all and config.silhouette_max_outside > 0 and recon is not None
+                and recon.num_reg_images() >= 2):
+            recon = _map_leftovers(pycolmap, config, recon, banned, ws, matched_db, photos.alphas, graph, len(keep),
+                                   matching, verification, progress, cancel)
+        seconds["mapping"] = time.perf_counter() - t0
+        if recon is None or recon.num_reg_images() < 2:
+            raise InputError(
+                f"structure from motion could not register any two of the {len(keep)} photos together",
+                "take photos that overlap more (about 15-30 degrees apart around the object), of a textured, "
+                "non-shiny object, in focus",
+            )
+
+        reg, unregistered, in_others = _registration(recon, other_models, banned, ws, graph, names, keep)
+        if in_others:
+            warn(
+                f"{len(in_others)} photo(s) form a separate reconstruction, left out (photos of a different object?): "
+                + ", ".join(names[i] for i in sorted(in_others))
+            )
+        rest = [n for n, r in unregistered.items() if not r.startswith("registered only")]
+        if rest:
+            warn("structure from motion could not place: " + "; ".join(f"{n}: {unregistered[n]}" for n in rest))
+        if len(reg) < 2:
+            raise InputError(
+                f"structure from motion could not register any two of the {len(keep)} photos together consistently",
+                "take photos that overlap more (about 15-30 degrees apart around the object), of a textured, "
+                "non-shiny object, in focus",
+            )
+        order_reg = sorted(reg)
+        cams_colmap, views, pts, cols = _registered_cameras(recon, reg, order_reg, names)
+        meta = {"viewforge_sfm": {"registered": len(order_reg), "photos": len(paths)}}
+        out_cams, posed, pts_out, to_output = _output_frame(cams_colmap, order_reg, photos, pts, names, config, meta)
+        seconds["total"] = time.perf_counter() - t_start
+        report(progress, "sfm", 10, 10, f"{len(order_reg)}/{len(keep)} photos registered")
+        log.info("SfM: %d of %d photos registered, %d points, %.1f s", len(order_reg), len(keep), len(pts_out),
+                 seconds["total"])
+        return SfmResult(out_cams, posed, unregistered, photos.duplicates, views, pts_out, cols, to_output, warnings,
+                         seconds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        pycolmap.logging.minloglevel = previous_level
+
+
+@dataclass
+class _Photos:
+    """The loaded photos (all of them; ``keep``: the indices of the distinct ones)."""
+
+    images: list[np.ndarray]
+    alphas: "list[np.ndarray | None]"
+    keep: list[int]
+    duplicates: dict[str, str]
+
+
+@dataclass
+class _Workspace:
+    """COLMAP's inputs on disk: photos ``NNNN.png`` (composited on white) and their masks."""
+
+    img_dir: Path
+    mask_dir: Path
+    db_path: Path
+    colmap_name: dict[int, str]
+    index_of: dict[str, int]
+    any_mask: bool
+
+
+@dataclass
+class _ViewGraph:
+    """The verified photo pairs after the view-graph filter."""
+
+    id_to_name: dict[int, str]
+    pairs: list[tuple[int, int]]
+    matched: dict[int, int]
+    kept_pairs: list
+
+
+def _load_photos(paths: Sequence[Path], names: list[str], progress, cancel) -> _Photos:
+    """Step 1: load every photo; identical photos (same pixels) are kept once."""
+    from ..images import load_image
+
     images: list[np.ndarray] = []
     alphas: list[np.ndarray | None] = []
     keep: list[int] = []
@@ -438,301 +552,276 @@ def estimate_poses(
             seen[h] = i
             keep.append(i)
         report(progress, "sfm", i + 1, len(paths) * 10, f"loading photo {i + 1}/{len(paths)}")
-    if duplicates:
-        warn(
-            "identical photos dropped (each kept once): "
-            + ", ".join(f"{d} (same as {k})" for d, k in duplicates.items())
-        )
-    if len(keep) < 2:
-        raise InputError(
-            f"structure from motion needs at least 2 distinct overlapping photos; the {len(paths)} given are identical",
-            "add photos of the object taken from other viewpoints",
-        )
-    seconds["load"] = time.perf_counter() - t_start
+    return _Photos(images, alphas, keep, duplicates)
 
-    pycolmap = _pycolmap()
-    # COLMAP's own log lines (glog, also its "E..." lines for a failed model, which this function
-    # turns into typed errors) stay out of the terminal while it runs; restored afterwards.
-    previous_level = pycolmap.logging.minloglevel
-    pycolmap.logging.minloglevel = 3
-    pycolmap.set_random_seed(int(config.seed))
-    work = Path(tempfile.mkdtemp(prefix="viewforge_sfm_"))
+
+def _write_workspace(work: Path, photos: _Photos, config: SfmConfig) -> _Workspace:
+    import cv2
+
+    img_dir, mask_dir = work / "images", work / "masks"
+    img_dir.mkdir()
+    mask_dir.mkdir()
+    colmap_name: dict[int, str] = {}
+    any_mask = False
+    for k, i in enumerate(photos.keep):
+        fname = f"{k:04d}.png"
+        colmap_name[i] = fname
+        rgb, alpha = photos.images[i], photos.alphas[i]
+        if alpha is not None:
+            rgb = rgb * alpha[..., None] + (1.0 - alpha[..., None])
+            m = (alpha > 0.5).astype(np.uint8) * 255
+            if config.mask_erode_px > 0:
+                e = 2 * config.mask_erode_px + 1
+                m = cv2.erode(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (e, e)))
+            cv2.imwrite(str(mask_dir / f"{fname}.png"), m)
+            any_mask = True
+        bgr = np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)[..., ::-1]
+        cv2.imwrite(str(img_dir / fname), np.ascontiguousarray(bgr))
+    index_of = {v: k for k, v in colmap_name.items()}
+    return _Workspace(img_dir, mask_dir, work / "database.db", colmap_name, index_of, any_mask)
+
+
+def _extract_features(pycolmap, ws: _Workspace, sizes: set, config: SfmConfig, cancel) -> None:
+    """Step 2: SIFT features of every photo into the database (within the masks)."""
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = config.camera_model
+    if ws.any_mask:
+        reader.mask_path = str(ws.mask_dir)
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.max_image_size = int(config.max_image_size)
+    extraction.num_threads = int(config.num_threads)
+    extraction.sift.max_num_features = int(config.max_features)
+    extraction.sift.domain_size_pooling = bool(config.domain_size_pooling)
+    mode = pycolmap.CameraMode.SINGLE if config.single_camera and len(sizes) == 1 else pycolmap.CameraMode.PER_IMAGE
+    with _CancelBridge(pycolmap, cancel) as token:
+        pycolmap.extract_features(ws.db_path, ws.img_dir, camera_mode=mode, reader_options=reader,
+                                  extraction_options=extraction, device=pycolmap.Device.cpu,
+                                  cancellation_token=token)
+
+
+def _match(pycolmap, db_path: Path, config: SfmConfig, cancel):
+    """Step 3: exhaustive matching with two-view verification; returns the options used (the
+    guided leftover pass matches again with them)."""
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = int(config.num_threads)
+    verification = pycolmap.TwoViewGeometryOptions()
+    verification.min_num_inliers = int(config.min_pair_inliers)
+    verification.compute_relative_pose = True
+    verification.ransac.random_seed = int(config.seed)
+    with _CancelBridge(pycolmap, cancel) as token:
+        pycolmap.match_exhaustive(db_path, matching_options=matching, verification_options=verification,
+                                  device=pycolmap.Device.cpu, cancellation_token=token)
+    return matching, verification
+
+
+def _filter_pairs(pycolmap, db_path: Path, config: SfmConfig) -> _ViewGraph:
+    """Step 4: the verified pairs; those whose relative rotation contradicts the others
+    (:func:`filter_view_graph`) lose their matches in the database."""
+    db = pycolmap.Database.open(db_path)
     try:
-        img_dir, mask_dir = work / "images", work / "masks"
-        img_dir.mkdir()
-        mask_dir.mkdir()
-        colmap_name: dict[int, str] = {}
-        any_mask = False
-        for k, i in enumerate(keep):
-            fname = f"{k:04d}.png"
-            colmap_name[i] = fname
-            rgb, alpha = images[i], alphas[i]
-            if alpha is not None:
-                rgb = rgb * alpha[..., None] + (1.0 - alpha[..., None])
-                m = (alpha > 0.5).astype(np.uint8) * 255
-                if config.mask_erode_px > 0:
-                    e = 2 * config.mask_erode_px + 1
-                    m = cv2.erode(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (e, e)))
-                cv2.imwrite(str(mask_dir / f"{fname}.png"), m)
-                any_mask = True
-            bgr = np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)[..., ::-1]
-            cv2.imwrite(str(img_dir / fname), np.ascontiguousarray(bgr))
-        index_of = {v: k for k, v in colmap_name.items()}
-        db_path = work / "database.db"
+        id_to_name = {im.image_id: im.name for im in db.read_all_images()}
+        pair_ids, geometries = db.read_two_view_geometries()
+        pairs: list[tuple[int, int]] = []
+        edges: list[tuple[int, int, np.ndarray, int]] = []
+        order = sorted(id_to_name)
+        pos = {iid: k for k, iid in enumerate(order)}
+        for pid, g in zip(pair_ids, geometries):
+            a, b = pycolmap.pair_id_to_image_pair(pid)
+            n_inl = len(g.inlier_matches)
+            if n_inl < config.min_pair_inliers:
+                continue
+            pairs.append((a, b))
+            edges.append((pos[a], pos[b], np.asarray(g.cam2_from_cam1.rotation.matrix()), n_inl))
+        matched: dict[int, int] = {}
+        for a, b in pairs:
+            matched[a] = matched.get(a, 0) + 1
+            matched[b] = matched.get(b, 0) + 1
+        if config.graph_trials > 0 and edges:
+            ok = filter_view_graph(len(order), edges, config.graph_max_residual_deg, config.graph_trials,
+                                   config.seed)
+            for (a, b), k in zip(pairs, ok):
+                if not k:
+                    db.delete_inlier_matches(a, b)
+            dropped = int((~ok).sum())
+            if dropped:
+                log.info("view-graph filter: %d of %d photo pairs contradict the others; dropped", dropped,
+                         len(edges))
+        kept_pairs = [(a, b, e) for (a, b), e, k in zip(pairs, edges, ok if edges and config.graph_trials > 0
+                                                           else np.ones(len(edges), bool)) if k]
+    finally:
+        db.close()
+    return _ViewGraph(id_to_name, pairs, matched, kept_pairs)
 
-        # 2. features
-        t0 = time.perf_counter()
-        report(progress, "sfm", 1, 10, "features")
-        sizes = {images[i].shape[:2] for i in keep}
-        reader = pycolmap.ImageReaderOptions()
-        reader.camera_model = config.camera_model
-        if any_mask:
-            reader.mask_path = str(mask_dir)
-        extraction = pycolmap.FeatureExtractionOptions()
-        extraction.max_image_size = int(config.max_image_size)
-        extraction.num_threads = int(config.num_threads)
-        extraction.sift.max_num_features = int(config.max_features)
-        extraction.sift.domain_size_pooling = bool(config.domain_size_pooling)
-        mode = pycolmap.CameraMode.SINGLE if config.single_camera and len(sizes) == 1 else pycolmap.CameraMode.PER_IMAGE
+
+def _map_with_silhouettes(pycolmap, config: SfmConfig, ws: _Workspace, graph: _ViewGraph, alphas, masks_all: bool,
+                          progress, cancel):
+    """Steps 5-6: incremental mapping; while registered photos contradict the silhouettes, the
+    pairs supporting them are dropped and the mapping runs again (``silhouette_rounds``).
+    Returns (the largest model or None, the other models, {photo name: why it was banned})."""
+    banned: dict[str, str] = {}
+    recon, other_models = None, []
+    bad: dict[int, float] = {}
+
+    def ban(model, failures: dict[int, float]) -> None:
+        for image_id, frac in failures.items():
+            banned[model.image(image_id).name] = (
+                f"its pose contradicts the silhouettes of {100 * frac:.0f}% of the other photos "
+                "(symmetric or repeated structure)"
+            )
+
+    for round_ in range(max(0, config.silhouette_rounds) + 1):
+        check(cancel)
+        report(progress, "sfm", min(9, 6 + round_), 10, "mapping")
+        out_dir = ws.db_path.parent / f"sparse_{round_}"
+        out_dir.mkdir()
+        options = _mapping_options(pycolmap, config)
         with _CancelBridge(pycolmap, cancel) as token:
-            pycolmap.extract_features(db_path, img_dir, camera_mode=mode, reader_options=reader,
-                                      extraction_options=extraction, device=pycolmap.Device.cpu,
-                                      cancellation_token=token)
-        seconds["features"] = time.perf_counter() - t0
+            models = pycolmap.incremental_mapping(ws.db_path, ws.img_dir, out_dir, options, cancellation_token=token)
+        models = sorted(models.values(), key=lambda r: -r.num_reg_images())
+        if not models:  # re-mapping failed: keep the previous model without its wrong photos
+            if recon is not None:
+                ban(recon, bad)
+            break
+        recon, other_models = models[0], models[1:]
+        if not (masks_all and config.silhouette_max_outside > 0):
+            break
+        bad = _silhouette_failures(recon, ws.index_of, alphas, config.silhouette_max_outside)
+        if not bad:
+            break
+        if round_ == config.silhouette_rounds:
+            ban(recon, bad)
+            break
+        _drop_pairs_supporting(pycolmap, ws.db_path, recon, bad, graph.kept_pairs, config.graph_max_residual_deg)
+    return recon, other_models, banned
 
-        # 3. matching
-        t0 = time.perf_counter()
-        report(progress, "sfm", 4, 10, "matching")
-        matching = pycolmap.FeatureMatchingOptions()
-        matching.num_threads = int(config.num_threads)
-        verification = pycolmap.TwoViewGeometryOptions()
-        verification.min_num_inliers = int(config.min_pair_inliers)
-        verification.compute_relative_pose = True
-        verification.ransac.random_seed = int(config.seed)
-        with _CancelBridge(pycolmap, cancel) as token:
-            pycolmap.match_exhaustive(db_path, matching_options=matching, verification_options=verification,
-                                      device=pycolmap.Device.cpu, cancellation_token=token)
-        seconds["matching"] = time.perf_counter() - t0
-        matched_db = work / "matched.db"  # the verified pairs before any deletion (leftover pass)
-        shutil.copyfile(db_path, matched_db)
 
-        # 4. view-graph filter
-        t0 = time.perf_counter()
-        db = pycolmap.Database.open(db_path)
+def _map_leftovers(pycolmap, config: SfmConfig, recon, banned, ws: _Workspace, matched_db: Path, alphas,
+                   graph: _ViewGraph, n_keep: int, matching, verification, progress, cancel):
+    """The photos the mapping left out get a second try (:func:`_leftover_pass`), then, with
+    ``leftover_guided``, a third after guided matching."""
+    work = ws.db_path.parent
+    check(cancel)
+    report(progress, "sfm", 9, 10, "mapping the leftover photos")
+    recon, used_db = _leftover_pass(pycolmap, config, recon, banned, ws.db_path, matched_db, ws.img_dir, work,
+                                    ws.index_of, alphas, graph.id_to_name, n_keep, cancel)
+    registered_now = {im.name for im in recon.images.values() if im.has_pose and im.name not in banned}
+    if config.leftover_guided and len(registered_now) < n_keep:
+        # guided matching (epipolar geometry of each verified pair) finds more matches on the
+        # wide baselines; the photos still left out get a second try with relaxed thresholds
+        report(progress, "sfm", 9, 10, "guided matching for the leftover photos")
+        guided_db = work / "guided.db"
+        shutil.copyfile(matched_db, guided_db)
+        db = pycolmap.Database.open(guided_db)
         try:
-            id_to_name = {im.image_id: im.name for im in db.read_all_images()}
-            pair_ids, geometries = db.read_two_view_geometries()
-            pairs: list[tuple[int, int]] = []
-            edges: list[tuple[int, int, np.ndarray, int]] = []
-            order = sorted(id_to_name)
-            pos = {iid: k for k, iid in enumerate(order)}
-            for pid, g in zip(pair_ids, geometries):
-                a, b = pycolmap.pair_id_to_image_pair(pid)
-                n_inl = len(g.inlier_matches)
-                if n_inl < config.min_pair_inliers:
-                    continue
-                pairs.append((a, b))
-                edges.append((pos[a], pos[b], np.asarray(g.cam2_from_cam1.rotation.matrix()), n_inl))
-            matched: dict[int, int] = {}
-            for a, b in pairs:
-                matched[a] = matched.get(a, 0) + 1
-                matched[b] = matched.get(b, 0) + 1
-            if config.graph_trials > 0 and edges:
-                ok = filter_view_graph(len(order), edges, config.graph_max_residual_deg, config.graph_trials,
-                                       config.seed)
-                for (a, b), k in zip(pairs, ok):
-                    if not k:
-                        db.delete_inlier_matches(a, b)
-                dropped = int((~ok).sum())
-                if dropped:
-                    log.info("view-graph filter: %d of %d photo pairs contradict the others; dropped", dropped,
-                             len(edges))
-            kept_pairs = [(a, b, e) for (a, b), e, k in zip(pairs, edges, ok if edges and config.graph_trials > 0
-                                                               else np.ones(len(edges), bool)) if k]
+            db.clear_matches()
+            db.clear_two_view_geometries()
         finally:
             db.close()
-        if not pairs:
-            raise InputError(
-                f"structure from motion found no photo pair with {config.min_pair_inliers} or more matching features "
-                f"among the {len(keep)} photos",
-                "take photos that overlap more (about 15-30 degrees apart around the object), of a textured, "
-                "non-shiny object, in focus",
+        matching.guided_matching = True
+        with _CancelBridge(pycolmap, cancel) as token:
+            pycolmap.match_exhaustive(guided_db, matching_options=matching,
+                                      verification_options=verification, device=pycolmap.Device.cpu,
+                                      cancellation_token=token)
+        recon, _ = _leftover_pass(pycolmap, config, recon, banned, used_db or ws.db_path, guided_db, ws.img_dir,
+                                  work, ws.index_of, alphas, graph.id_to_name, n_keep, cancel, stage=1,
+                                  relaxed=True)
+    return recon
+
+
+def _registration(recon, other_models, banned, ws: _Workspace, graph: _ViewGraph, names: list[str],
+                  keep: list[int]):
+    """Step 7: ({photo index: registered COLMAP image}, {photo name: why it was not placed},
+    indices of the photos registered only in another model)."""
+    reg: dict[int, object] = {}
+    for image_id, im in recon.images.items():
+        if not im.has_pose or im.name in banned:
+            continue
+        reg[ws.index_of[im.name]] = im
+    in_others: set[int] = set()
+    for r in other_models:
+        for image_id, im in r.images.items():
+            if im.has_pose and ws.index_of[im.name] not in reg:
+                in_others.add(ws.index_of[im.name])
+    unregistered: dict[str, str] = {}
+    name_to_id = {v: k for k, v in graph.id_to_name.items()}
+    for i in keep:
+        if i in reg:
+            continue
+        cname = ws.colmap_name[i]
+        if cname in banned:
+            unregistered[names[i]] = banned[cname]
+        elif i in in_others:
+            unregistered[names[i]] = (
+                "registered only in a separate model (a different object, or too little overlap with the others)"
             )
-
-        # 5./6. incremental mapping with the silhouette check
-        masks_all = all(alphas[i] is not None for i in keep)
-        banned: dict[str, str] = {}
-        recon, other_models = None, []
-        bad: dict[int, float] = {}
-
-        def ban(model, failures: dict[int, float]) -> None:
-            for image_id, frac in failures.items():
-                banned[model.image(image_id).name] = (
-                    f"its pose contradicts the silhouettes of {100 * frac:.0f}% of the other photos "
-                    "(symmetric or repeated structure)"
-                )
-
-        for round_ in range(max(0, config.silhouette_rounds) + 1):
-            check(cancel)
-            report(progress, "sfm", min(9, 6 + round_), 10, "mapping")
-            out_dir = work / f"sparse_{round_}"
-            out_dir.mkdir()
-            options = _mapping_options(pycolmap, config)
-            with _CancelBridge(pycolmap, cancel) as token:
-                models = pycolmap.incremental_mapping(db_path, img_dir, out_dir, options, cancellation_token=token)
-            models = sorted(models.values(), key=lambda r: -r.num_reg_images())
-            if not models:  # re-mapping failed: keep the previous model without its wrong photos
-                if recon is not None:
-                    ban(recon, bad)
-                break
-            recon, other_models = models[0], models[1:]
-            if not (masks_all and config.silhouette_max_outside > 0):
-                break
-            bad = _silhouette_failures(recon, index_of, alphas, config.silhouette_max_outside)
-            if not bad:
-                break
-            if round_ == config.silhouette_rounds:
-                ban(recon, bad)
-                break
-            _drop_pairs_supporting(pycolmap, db_path, recon, bad, kept_pairs, config.graph_max_residual_deg)
-        if (config.leftover_pass and masks_all and config.silhouette_max_outside > 0 and recon is not None
-                and recon.num_reg_images() >= 2):
-            check(cancel)
-            report(progress, "sfm", 9, 10, "mapping the leftover photos")
-            recon, used_db = _leftover_pass(pycolmap, config, recon, banned, db_path, matched_db, img_dir, work,
-                                            index_of, alphas, id_to_name, len(keep), cancel)
-            registered_now = {im.name for im in recon.images.values() if im.has_pose and im.name not in banned}
-            if config.leftover_guided and len(registered_now) < len(keep):
-                # guided matching (epipolar geometry of each verified pair) finds more matches on the
-                # wide baselines; the photos still left out get a second try with relaxed thresholds
-                report(progress, "sfm", 9, 10, "guided matching for the leftover photos")
-                guided_db = work / "guided.db"
-                shutil.copyfile(matched_db, guided_db)
-                db = pycolmap.Database.open(guided_db)
-                try:
-                    db.clear_matches()
-                    db.clear_two_view_geometries()
-                finally:
-                    db.close()
-                matching.guided_matching = True
-                with _CancelBridge(pycolmap, cancel) as token:
-                    pycolmap.match_exhaustive(guided_db, matching_options=matching,
-                                              verification_options=verification, device=pycolmap.Device.cpu,
-                                              cancellation_token=token)
-                recon, _ = _leftover_pass(pycolmap, config, recon, banned, used_db or db_path, guided_db, img_dir,
-                                          work, index_of, alphas, id_to_name, len(keep), cancel, stage=1,
-                                          relaxed=True)
-        seconds["mapping"] = time.perf_counter() - t0
-        if recon is None or recon.num_reg_images() < 2:
-            raise InputError(
-                f"structure from motion could not register any two of the {len(keep)} photos together",
-                "take photos that overlap more (about 15-30 degrees apart around the object), of a textured, "
-                "non-shiny object, in focus",
+        elif graph.matched.get(name_to_id.get(cname, -1), 0) == 0:
+            unregistered[names[i]] = (
+                "no matching features with any other photo (too little overlap or texture, or another object)"
             )
-
-        # 7. collect the result
-        reg: dict[int, object] = {}
-        for image_id, im in recon.images.items():
-            if not im.has_pose or im.name in banned:
-                continue
-            reg[index_of[im.name]] = im
-        in_others: set[int] = set()
-        for r in other_models:
-            for image_id, im in r.images.items():
-                if im.has_pose and index_of[im.name] not in reg:
-                    in_others.add(index_of[im.name])
-        unregistered: dict[str, str] = {}
-        name_to_id = {v: k for k, v in id_to_name.items()}
-        for i in keep:
-            if i in reg:
-                continue
-            cname = colmap_name[i]
-            if cname in banned:
-                unregistered[names[i]] = banned[cname]
-            elif i in in_others:
-                unregistered[names[i]] = (
-                    "registered only in a separate model (a different object, or too little overlap with the others)"
-                )
-            elif matched.get(name_to_id.get(cname, -1), 0) == 0:
-                unregistered[names[i]] = (
-                    "no matching features with any other photo (too little overlap or texture, or another object)"
-                )
-            else:
-                unregistered[names[i]] = "matched other photos but too few features to place it"
-        if in_others:
-            warn(
-                f"{len(in_others)} photo(s) form a separate reconstruction, left out (photos of a different object?): "
-                + ", ".join(names[i] for i in sorted(in_others))
-            )
-        rest = [n for n, r in unregistered.items() if not r.startswith("registered only")]
-        if rest:
-            warn("structure from motion could not place: " + "; ".join(f"{n}: {unregistered[n]}" for n in rest))
-
-        if len(reg) < 2:
-            raise InputError(
-                f"structure from motion could not register any two of the {len(keep)} photos together consistently",
-                "take photos that overlap more (about 15-30 degrees apart around the object), of a textured, "
-                "non-shiny object, in focus",
-            )
-        order_reg = sorted(reg)
-        cams_colmap: list[Camera] = []
-        views: list[ViewReliability] = []
-        pts_ids = list(recon.point3D_ids())
-        pid_index = {pid: k for k, pid in enumerate(pts_ids)}
-        pts = np.array([recon.point3D(pid).xyz for pid in pts_ids], dtype=np.float64).reshape(-1, 3)
-        cols = np.array([recon.point3D(pid).color for pid in pts_ids], dtype=np.uint8).reshape(-1, 3)
-        used_points = np.zeros(len(pts), bool)
-        for i in order_reg:
-            im = reg[i]
-            cam = _camera_from_colmap(recon.camera(im.camera_id), names[i]).with_pose(_pose_of(im))
-            obs_xy, obs_p = [], []
-            for p2 in im.points2D:
-                if p2.has_point3D():
-                    obs_xy.append(p2.xy)
-                    obs_p.append(pid_index[p2.point3D_id])
-            n_obs = len(obs_p)
-            if n_obs:
-                used_points[obs_p] = True
-                uv, _ = cam.project(pts[obs_p])
-                rms = float(np.sqrt(np.mean(np.sum((uv - np.asarray(obs_xy)) ** 2, axis=1))))
-            else:
-                rms = float("inf")
-            score = min(1.0, n_obs / 100.0) * min(1.0, 1.0 / max(rms, 1e-9))
-            views.append(ViewReliability(names[i], n_obs, rms, score, score >= 0.3))
-            cams_colmap.append(cam)
-        pts, cols = pts[used_points], cols[used_points]
-
-        # 8. undistort + frame
-        out_images, out_alphas, out_cams = [], [], []
-        for cam, i in zip(cams_colmap, order_reg):
-            rgb, alpha = images[i], alphas[i]
-            if config.undistort and cam.distortion is not None:
-                rgb, alpha, cam = undistort_image(rgb, cam, alpha)
-            out_images.append(np.clip(rgb, 0, 1).astype(np.float32))
-            out_alphas.append(alpha)
-            out_cams.append(cam)
-        if config.normalize_frame:
-            q, s, c = _frame_transform(out_cams, pts)
         else:
-            q, s, c = np.eye(3), 1.0, np.zeros(3)
-        out_cams = [_transform_camera(cam, q, s, c) for cam in out_cams]
-        pts_out = s * (pts - c) @ q.T
-        to_output = np.eye(4)
-        to_output[:3, :3] = s * q
-        to_output[:3, 3] = -s * q @ c
-        masks = None
-        if all(a is not None for a in out_alphas):
-            masks = [np.clip(a, 0, 1).astype(np.float32) for a in out_alphas]
-        posed = PosedSet(out_cams, out_images, masks, [names[i] for i in order_reg],
-                         {"viewforge_sfm": {"registered": len(order_reg), "photos": len(paths)}})
-        seconds["total"] = time.perf_counter() - t_start
-        report(progress, "sfm", 10, 10, f"{len(order_reg)}/{len(keep)} photos registered")
-        log.info("SfM: %d of %d photos registered, %d points, %.1f s", len(order_reg), len(keep), len(pts_out),
-                 seconds["total"])
-        return SfmResult(out_cams, posed, unregistered, duplicates, views, pts_out, cols, to_output, warnings, seconds)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        pycolmap.logging.minloglevel = previous_level
+            unregistered[names[i]] = "matched other photos but too few features to place it"
+    return reg, unregistered, in_others
+
+
+def _registered_cameras(recon, reg: dict, order_reg: list[int], names: list[str]):
+    """The registered photos' cameras (COLMAP's frame), their reliability, and the 3D points
+    (and colours) they observe."""
+    cams_colmap: list[Camera] = []
+    views: list[ViewReliability] = []
+    pts_ids = list(recon.point3D_ids())
+    pid_index = {pid: k for k, pid in enumerate(pts_ids)}
+    pts = np.array([recon.point3D(pid).xyz for pid in pts_ids], dtype=np.float64).reshape(-1, 3)
+    cols = np.array([recon.point3D(pid).color for pid in pts_ids], dtype=np.uint8).reshape(-1, 3)
+    used_points = np.zeros(len(pts), bool)
+    for i in order_reg:
+        im = reg[i]
+        cam = _camera_from_colmap(recon.camera(im.camera_id), names[i]).with_pose(_pose_of(im))
+        obs_xy, obs_p = [], []
+        for p2 in im.points2D:
+            if p2.has_point3D():
+                obs_xy.append(p2.xy)
+                obs_p.append(pid_index[p2.point3D_id])
+        n_obs = len(obs_p)
+        if n_obs:
+            used_points[obs_p] = True
+            uv, _ = cam.project(pts[obs_p])
+            rms = float(np.sqrt(np.mean(np.sum((uv - np.asarray(obs_xy)) ** 2, axis=1))))
+        else:
+            rms = float("inf")
+        score = min(1.0, n_obs / 100.0) * min(1.0, 1.0 / max(rms, 1e-9))
+        views.append(ViewReliability(names[i], n_obs, rms, score, score >= 0.3))
+        cams_colmap.append(cam)
+    return cams_colmap, views, pts[used_points], cols[used_points]
+
+
+def _output_frame(cams_colmap: list[Camera], order_reg: list[int], photos: _Photos, pts: np.ndarray,
+                  names: list[str], config: SfmConfig, meta: dict):
+    """Step 8: undistort the photos, map cameras and points into the output frame: (cameras,
+    the posed set, points, the (4, 4) COLMAP -> output transform)."""
+    from ..images import undistort as undistort_image
+
+    out_images, out_alphas, out_cams = [], [], []
+    for cam, i in zip(cams_colmap, order_reg):
+        rgb, alpha = photos.images[i], photos.alphas[i]
+        if config.undistort and cam.distortion is not None:
+            rgb, alpha, cam = undistort_image(rgb, cam, alpha)
+        out_images.append(np.clip(rgb, 0, 1).astype(np.float32))
+        out_alphas.append(alpha)
+        out_cams.append(cam)
+    if config.normalize_frame:
+        q, s, c = _frame_transform(out_cams, pts)
+    else:
+        q, s, c = np.eye(3), 1.0, np.zeros(3)
+    out_cams = [_transform_camera(cam, q, s, c) for cam in out_cams]
+    pts_out = s * (pts - c) @ q.T
+    to_output = np.eye(4)
+    to_output[:3, :3] = s * q
+    to_output[:3, 3] = -s * q @ c
+    masks = None
+    if all(a is not None for a in out_alphas):
+        masks = [np.clip(a, 0, 1).astype(np.float32) for a in out_alphas]
+    posed = PosedSet(out_cams, out_images, masks, [names[i] for i in order_reg], meta)
+    return out_cams, posed, pts_out, to_output
 
 
 def _mapping_options(pycolmap, config: SfmConfig):
@@ -895,7 +984,7 @@ def _drop_pairs_supporting(pycolmap, db_path: Path, recon, bad: dict[int, float]
                 continue
             if a in poses and b in poses:
                 r_ba = poses[b][:3, :3] @ poses[a][:3, :3].T
-                if _rot_angle_deg(r_ba @ np.asarray(e[2]).T) > tol_deg:
+                if rotation_angle_deg(np.eye(3), r_ba @ np.asarray(e[2]).T) > tol_deg:
                     continue
             db.delete_inlier_matches(a, b)
     finally:

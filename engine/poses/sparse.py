@@ -1,4 +1,4 @@
-"""Sparse pose refinement against a model (ReconViaGen's refinement, seed 001): render, match, PnP.
+"""Sparse pose refinement against a model (ReconViaGen's refinement): render, match, PnP.
 
 For each photo i with current world-to-camera pose W_i (docs/poses.md has the derivation):
 
@@ -40,13 +40,13 @@ only where the matches then agree better than at the input cameras); docs/poses.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..cameras import Camera
+from ..cameras import Camera, rotation_angle_deg
+from ..device import resolve_device
 from ..errors import InputError
 from ..io.types import PosedSet
 from ..progress import CancelToken, ProgressCallback, check, report
@@ -210,7 +210,7 @@ def _dense_flow(gray_r: np.ndarray, gray_p: np.ndarray, valid: np.ndarray, photo
 
 
 def _refine_one(splats, cam: Camera, photo: np.ndarray, mask: np.ndarray | None, cfg: SparseRefineConfig,
-                sift, cancel) -> tuple[np.ndarray, ViewReliability, bool]:
+                sift, device, cancel) -> tuple[np.ndarray, ViewReliability, bool]:
     """Refined world-to-camera (4, 4) of one view, its reliability and whether it was accepted."""
     import cv2
 
@@ -242,7 +242,7 @@ def _refine_one(splats, cam: Camera, photo: np.ndarray, mask: np.ndarray | None,
     for round_ in range(max(1, cfg.iterations)):
         check(cancel)
         cur = small.with_pose(w2c)
-        r = render_splats(splats, [cur], background=(1.0, 1.0, 1.0), device=cfg.device, with_depth=True)[0]
+        r = render_splats(splats, [cur], background=(1.0, 1.0, 1.0), device=device, with_depth=True)[0]
         depth, alpha = r["depth"].astype(np.float64), r["alpha"]
         valid = (alpha > cfg.min_alpha) & np.isfinite(depth) & (depth > 0)
         if cfg.edge_px > 0:
@@ -295,7 +295,7 @@ def _refine_one(splats, cam: Camera, photo: np.ndarray, mask: np.ndarray | None,
         proj, _ = cv2.projectPoints(xw[inl], rvec, tvec, k_cv, dist)
         rms = float(np.sqrt(np.mean(np.sum((proj.reshape(-1, 2) - xp[inl]) ** 2, axis=1))))
         rot, _ = cv2.Rodrigues(rvec)
-        step = math.degrees(math.acos(min(1.0, max(-1.0, (np.trace(rot @ w2c[:3, :3].T) - 1) / 2))))
+        step = rotation_angle_deg(rot.T, w2c[:3, :3].T)
         n = int(len(inl))
         score = min(1.0, n / (4.0 * cfg.min_inliers)) * max(0.0, 1.0 - rms / cfg.max_rms_px)
         if rms > cfg.max_rms_px or step > cfg.max_step_deg:
@@ -315,15 +315,18 @@ def refine_cameras_to_model(
     splats,
     config: SparseRefineConfig = SparseRefineConfig(),
     *,
+    device=None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> SparseRefineResult:
     """Refine each camera of ``posed`` against the fixed model ``splats`` by rendering, SIFT
-    matching and PnP (module docstring); unreliable views keep their input pose."""
+    matching and PnP (module docstring); unreliable views keep their input pose.
+    device: the torch.device the job resolved (None: resolved here from ``config.device``)."""
     import cv2
 
     if len(posed) == 0:
         raise InputError("no photos to refine", "give at least one photo with its camera")
+    device = resolve_device(config.device) if device is None else device
     t0 = time.perf_counter()
     cv2.setRNGSeed(int(config.seed))
     sift = cv2.SIFT_create(nfeatures=int(config.max_features), contrastThreshold=float(config.contrast_threshold))
@@ -333,7 +336,7 @@ def refine_cameras_to_model(
     for i, cam in enumerate(posed.cameras):
         check(cancel)
         mask = None if posed.masks is None else posed.masks[i]
-        w2c, rel, ok = _refine_one(splats, cam, posed.images[i], mask, config, sift, cancel)
+        w2c, rel, ok = _refine_one(splats, cam, posed.images[i], mask, config, sift, device, cancel)
         cams.append(cam.with_pose(w2c) if ok else cam)
         views.append(rel)
         report(progress, "poses", i + 1, n, f"camera {i + 1}/{n}")
@@ -345,7 +348,6 @@ def refine_cameras_to_model(
     if config.photometric:
         t1 = time.perf_counter()
         from .photometric import AlignConfig, align_cameras
-        from ..device import resolve_device
 
         idx = [i for i, v in enumerate(views) if v.reliable]
         if idx:
@@ -354,7 +356,7 @@ def refine_cameras_to_model(
                            [posed.names[i] for i in idx])
             res = align_cameras(splats, sub, AlignConfig(steps=config.photometric_steps,
                                                          max_size=config.photometric_size),
-                                device=resolve_device(config.device), cancel=cancel)
+                                device=device, cancel=cancel)
             for k, i in enumerate(idx):
                 cams[i] = res.cameras[k]
         seconds["photometric"] = time.perf_counter() - t1
@@ -382,9 +384,8 @@ class PhotoRigConfig:
     band_schedule: the guided matching's epipolar bands per round (FeatureConfig's); the first
         round is unguided (0): a 3 degree error moves the epipolar lines by ~f * 0.05 px (18 px at
         256 px, 40 px at 480 px), more than FeatureConfig's first band (6 % of the side), so a
-        guided first round keeps the matches that agree with the wrong cameras (measured on
-        tests/test_poses_rig.py's scene, 4 seeds: 0.2-2.0 degrees after alignment guided,
-        0.17-0.19 unguided with the priors below).
+        guided first round keeps the matches that agree with the wrong cameras (docs/poses.md,
+        "first matching round unguided").
     prior_rotation, prior_translation: the bundle adjustment's prior weights on each camera's
         rotation and on its translation (FeatureConfig ``prior_weight`` /
         ``prior_weight_translation``): scene cameras' positions are held, their orientations
@@ -440,7 +441,6 @@ def refine_photo_rig(posed: PosedSet, config: PhotoRigConfig = PhotoRigConfig(),
     input cameras (the same matches triangulated there);
     then each view that the features constrained (reliable) and that turned by less than
     ``max_step_deg`` takes its refined pose, the others keep theirs."""
-    from ..cameras import rotation_angle_deg
     from ..errors import CameraError
     from .features import FeatureConfig, refine_poses_features
 

@@ -1,4 +1,4 @@
-"""Fit 3D Gaussians to a posed set (and optionally refine the camera poses).
+"""Fit 3D Gaussians to a posed set; the training cameras can be refined through a hook.
 
 Loss: (1 - w_ssim) L1 + w_ssim (1 - SSIM) on images composited on a random background (when
 the set has masks, so alpha must match them), plus w_mask |alpha - mask|. Densify and prune with
@@ -6,14 +6,11 @@ gsplat's ``DefaultStrategy`` (plain torch; it runs on the CPU). SH degree grows 
 ``sh_degree``. Means' learning rate decays exponentially, scaled by the scene size (gsplat's
 simple_trainer recipe, shortened for few-thousand-iteration CPU runs).
 
-Pose refinement (``pose_refine``), by ``pose_method``:
-- "features": before the fit, SIFT matches between the photos and bundle adjustment
-  (engine/poses/features.py) refine the cameras; the fit then uses them as they are.
-- "photometric": per camera a 6-vector (axis-angle, translation) ``delta``, world-to-camera
-  becomes ``exp(delta) @ w2c``; Adam with its own learning rate, started after a warm-up, plus
-  render-and-compare alignment rounds (engine/poses/photometric.py).
-- "features+photometric": the features, then the fit with those cameras, then each camera
-  aligned once to the finished model by render-and-compare.
+Camera refinement is not decided here: the loop calls a :class:`CameraRefiner` (its hooks give
+the view matrix of each step, may re-align every camera before a step, step their own
+parameters after each backward pass and give the final cameras). The pose methods of
+``FitConfig.pose_method`` are built in engine/poses/refine.py, whose ``fit_splats`` is the entry
+point for fits with ``pose_refine``.
 """
 
 from __future__ import annotations
@@ -21,24 +18,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from ..cameras import Camera
+from ..cameras import Camera, orthonormal_pose
 from ..device import resolve_device
-from ..errors import CameraError, NumericalError, PosedSetError, ResourceError
+from ..errors import InputError, NumericalError, PosedSetError, ResourceError
 from ..io.types import PosedSet
 from ..progress import CancelToken, ProgressCallback, check, report
 from .model import Splats, init_splats, random_points, scene_scale, visual_hull_points
 
-if TYPE_CHECKING:
-    from ..poses.features import FeatureConfig, ViewReliability
-
 log = logging.getLogger(__name__)
-
-#: pose_method "auto" uses features from photos at least this large (longer side, pixels).
-AUTO_FEATURES_MIN_SIZE = 160
 
 
 @dataclass(frozen=True)
@@ -62,25 +53,25 @@ class FitConfig:
         (refine_stop <= 0 means half of ``iterations``).
     grow_grad2d: screen-space gradient threshold for growing.
     max_gaussians: growing stops above this count (CPU time grows with it).
-    pose_refine: refine the camera poses, by ``pose_method``.
+    pose_refine: refine the camera poses, by ``pose_method`` (run through
+        engine/poses/refine.py's ``fit_splats``; this module's raises without a refiner).
     pose_method: "auto" (default): "features+photometric" when the photos used for features
-        (``feature_set`` of :func:`fit_splats`, else the training photos) have a longer side of
-        at least ``AUTO_FEATURES_MIN_SIZE`` px, else "photometric" (SIFT finds too little on
-        thumbnails).
+        (``feature_set`` of engine/poses/refine.py's ``fit_splats``, else the training photos)
+        have a longer side of at least ``AUTO_FEATURES_MIN_SIZE`` px (engine/poses/refine.py),
+        else "photometric" (SIFT finds too little on thumbnails).
         "features": feature matches between the photos + bundle adjustment before the fit
-        (engine/poses/features.py, settings ``pose_features``; None = defaults);
+        (engine/poses/features.py, settings ``pose_features``, a ``FeatureConfig``; None =
+        defaults);
         "photometric": per-camera SE(3) corrections learnt jointly with the model (from
         ``pose_start``) and, at the fractions ``pose_rounds`` of the run, each camera aligned to
         the current model by render-and-compare (engine/poses/photometric.py);
         "features+photometric": the features, then the model is fitted with those cameras and,
         at the end, each camera is aligned to it once by render-and-compare (no joint
-        corrections). Measured on lego, 3 degree / 3 % perturbations (docs/reconstruction.md):
-        features 0.21 degrees median after alignment with 100 views, 0.56-0.72 with 24 (three
-        seeds), features + the final alignment 0.35-0.57 with 24; the photometric mechanisms
-        alone 2.3 with 24.
+        corrections). Their accuracies are measured in docs/reconstruction.md.
     pose_lr: Adam learning rate of the joint corrections; pose_align_steps: steps per camera
         in each alignment round.
-    device: "auto" (CUDA, else MPS, else CPU), "cpu", "cuda" or "mps".
+    device: "auto" (CUDA, else MPS, else CPU), "cpu", "cuda" or "mps"; a job resolves it once
+        (engine/device.py) and hands the torch.device to :func:`fit_splats`.
     backend: rasterizer backend, see rasterize.py ("auto": gsplat on CUDA, ours elsewhere).
     seed: random seed (initialisation, view order, backgrounds).
     """
@@ -114,7 +105,7 @@ class FitConfig:
     pose_rounds: tuple[float, ...] = (0.2, 0.35, 0.5, 0.65)
     pose_align_steps: int = 100
     pose_method: Literal["auto", "features", "photometric", "features+photometric"] = "auto"
-    pose_features: "FeatureConfig | None" = None
+    pose_features: Any = None
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     backend: str = "auto"
     seed: int = 0
@@ -124,7 +115,8 @@ class FitConfig:
 class FitResult:
     """splats: the fitted Gaussians (CPU). cameras: the training cameras (refined if asked).
     seconds: wall time per stage. history: (step, loss) samples. iterations: steps run.
-    pose_views: per-view reliability of the feature pose refinement (None when it did not run).
+    pose_views: per-view reliability of the feature pose refinement (engine/poses/features.py's
+    ``ViewReliability``; None when it did not run).
     warnings: one line each for the user: cameras the pose refinement could not refine and why
     (the fit then used them as given)."""
 
@@ -133,28 +125,8 @@ class FitResult:
     seconds: dict[str, float] = field(default_factory=dict)
     history: list[tuple[int, float]] = field(default_factory=list)
     iterations: int = 0
-    pose_views: "list[ViewReliability] | None" = None
+    pose_views: "list[Any] | None" = None
     warnings: list[str] = field(default_factory=list)
-
-
-def se3_exp(delta):
-    """(C, 6) axis-angle + translation -> (C, 4, 4) rigid transforms (Rodrigues, differentiable)."""
-    import torch
-
-    w, t = delta[:, :3], delta[:, 3:]
-    theta = torch.sqrt((w * w).sum(-1, keepdim=True) + 1e-12)  # (C, 1)
-    k = w / theta
-    kx = torch.zeros(delta.shape[0], 3, 3, dtype=delta.dtype, device=delta.device)
-    kx[:, 0, 1], kx[:, 0, 2] = -k[:, 2], k[:, 1]
-    kx[:, 1, 0], kx[:, 1, 2] = k[:, 2], -k[:, 0]
-    kx[:, 2, 0], kx[:, 2, 1] = -k[:, 1], k[:, 0]
-    s, c = torch.sin(theta)[..., None], torch.cos(theta)[..., None]
-    eye = torch.eye(3, dtype=delta.dtype, device=delta.device)
-    r = eye + s * kx + (1 - c) * (kx @ kx)
-    out = torch.eye(4, dtype=delta.dtype, device=delta.device).repeat(delta.shape[0], 1, 1)
-    out[:, :3, :3] = r
-    out[:, :3, 3] = t
-    return out
 
 
 def _tensors(posed: PosedSet, device):
@@ -171,8 +143,6 @@ def _view_schedule(n: int, weights: "Sequence[float] | None") -> np.ndarray:
         return np.arange(n)
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
-        from ..errors import InputError
-
         raise InputError(f"view_weights must be {n} positive numbers, got {list(w)}", "give one weight > 0 per view")
     return np.repeat(np.arange(n), np.maximum(np.round(w / w.min()), 1).astype(int))
 
@@ -185,78 +155,69 @@ def _initial(posed: PosedSet, cfg: FitConfig) -> Splats:
     return init_splats(pts, cols, spacing, cfg.sh_degree, cfg.init_opacity, cfg.seed)
 
 
-def fit_splats(
-    posed: PosedSet,
-    config: FitConfig = FitConfig(),
-    *,
-    init: Splats | None = None,
-    feature_set: PosedSet | None = None,
-    view_weights: "Sequence[float] | None" = None,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
-) -> FitResult:
-    """Fit Gaussians to ``posed`` (all its views are training views). See :class:`FitConfig`.
+class CameraRefiner:
+    """Hooks through which the fit loop refines its training cameras. This base class leaves
+    them as given; engine/poses/photometric.py has the refiners of ``FitConfig.pose_method``.
 
-    init: start from these Gaussians (a warm start) instead of the visual hull.
-    view_weights: one weight > 0 per view: a view with weight w is visited w / min(weights) times
-    (rounded) per pass over the views, so it takes that many more optimisation steps (the
-    3D-aware sampler gives the condition image a high weight). None: every view once per pass.
+    ``w2c`` is the (C, 4, 4) float32 world-to-camera tensor of the training cameras on the fit's
+    device; ``params`` the model's parameters (dict of tensors, as :meth:`Splats.as_dict`)."""
 
-    feature_set: the same views (same order and poses) at a higher resolution, used instead of
-    ``posed`` by the feature pose refinement (features are found far better on 400-800 px photos
-    than on the fit's working size)."""
-    import torch
-    from pytorch_msssim import ssim
+    #: wall time per stage this refiner ran (added to FitResult.seconds after the fit).
+    seconds: dict[str, float]
 
-    from .rasterize import rasterize
+    def start(self, num_cameras: int, device) -> None:
+        """Called once before the first step."""
 
-    cfg = config
+    def before_step(self, step: int, params, w2c):
+        """Called before each step; returns the (possibly re-aligned) ``w2c``."""
+        return w2c
+
+    def viewmat(self, i: int, w2c_i):
+        """The (1, 4, 4) view matrix of camera ``i`` at this step, from its row ``w2c_i``."""
+        return w2c_i
+
+    def after_step(self, step: int, i: int) -> None:
+        """Called after the model's optimisers stepped on camera ``i``'s loss."""
+
+    def finish(self, params, w2c) -> "np.ndarray | None":
+        """The final (C, 4, 4) world-to-camera matrices, or None to keep the cameras as given."""
+        return None
+
+
+@dataclass
+class _Model:
+    """The model's parameters and what optimises them."""
+
+    params: dict
+    optimizers: dict
+    gamma: float
+    strategy: Any
+    state: Any
+
+
+@dataclass
+class _Views:
+    """The training views on the fit's device."""
+
+    w2c: Any
+    Ks: Any
+    imgs: list
+    masks: "list | None"
+    sizes: list[tuple[int, int]]
+
+
+def check_training_set(posed: PosedSet) -> None:
+    """Raise PosedSetError unless ``posed`` has views, all undistorted."""
     if len(posed) < 1:
         raise PosedSetError("no training views", "give at least one image with its camera")
     if any(c.distortion is not None for c in posed.cameras):
         raise PosedSetError("training cameras still have lens distortion", "load the set with undistort=True")
-    t0 = time.perf_counter()
-    seconds: dict[str, float] = {}
-    pose_views = None
-    method = cfg.pose_method
-    if cfg.pose_refine and method not in ("auto", "features", "photometric", "features+photometric"):
-        from ..errors import InputError
 
-        raise InputError(
-            f"unknown pose_method {method!r}", "use 'auto', 'features', 'photometric' or 'features+photometric'"
-        )
-    if method == "auto":
-        src = feature_set if feature_set is not None else posed
-        size = max(max(c.width, c.height) for c in src.cameras)
-        method = "features+photometric" if size >= AUTO_FEATURES_MIN_SIZE else "photometric"
-    if cfg.pose_refine:
-        log.info("pose refinement: %s", method)
-    warnings: list[str] = []
-    if cfg.pose_refine and method.startswith("features"):
-        refined = _refine_features(posed, feature_set, cfg, progress, cancel)
-        if isinstance(refined, str):  # nothing to refine from: every camera as given, no alignment
-            warnings.append(refined)
-            method = "none"
-        else:
-            posed, pose_views, kept = refined
-            warnings += kept
-        seconds["poses_features"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-    for w in warnings:
-        log.warning("%s", w)
-    # "photometric": joint corrections + alignment rounds during the fit. After the features the
-    # joint corrections only let the rig and the model turn together (measured), so
-    # "features+photometric" fits the model with the feature cameras and aligns each camera to
-    # the finished model once.
-    photometric = cfg.pose_refine and method == "photometric"
-    final_align = cfg.pose_refine and method == "features+photometric"
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    splats = init if init is not None else _initial(posed, cfg)
-    seconds["init"] = time.perf_counter() - t0
 
-    scale = scene_scale(posed.cameras)
+def _optimisation(splats: Splats, cfg: FitConfig, scale: float, device) -> _Model:
+    """Parameters on ``device``, one Adam each, the means' decay and the densification strategy."""
+    import torch
+
     params = {k: torch.nn.Parameter(v.to(device).clone()) for k, v in splats.as_dict().items()}
     lrs = {
         "means": cfg.lr_means * scale, "scales": cfg.lr_scales, "quats": cfg.lr_quats,
@@ -264,7 +225,6 @@ def fit_splats(
     }
     optimizers = {k: torch.optim.Adam([params[k]], lr=lrs[k], eps=1e-15) for k in params}
     gamma = (cfg.lr_means_final / cfg.lr_means) ** (1.0 / max(cfg.iterations, 1))
-
     strategy = state = None
     if cfg.densify:
         from gsplat.strategy import DefaultStrategy
@@ -279,196 +239,190 @@ def fit_splats(
         )
         strategy.check_sanity(params, optimizers)
         state = strategy.initialize_state(scene_scale=scale)
+    return _Model(params, optimizers, gamma, strategy, state)
 
-    w2c0 = torch.tensor(np.stack([c.world_to_camera for c in posed.cameras]), dtype=torch.float32, device=device)
+
+def _views(posed: PosedSet, device) -> _Views:
+    import torch
+
+    w2c = torch.tensor(np.stack([c.world_to_camera for c in posed.cameras]), dtype=torch.float32, device=device)
     Ks = torch.tensor(np.stack([c.K for c in posed.cameras]), dtype=torch.float32, device=device)
-    pose_delta = None
-    pose_opts: list = []
-    if photometric:
-        # one (6,) parameter and one Adam per camera: a camera's moments only move on its own steps
-        pose_delta = [torch.nn.Parameter(torch.zeros(1, 6, device=device)) for _ in range(len(posed))]
-        pose_opts = [torch.optim.Adam([d], lr=cfg.pose_lr) for d in pose_delta]
     imgs, masks = _tensors(posed, device)
-    sizes = [(c.width, c.height) for c in posed.cameras]
-    seconds["setup"] = time.perf_counter() - t0 - seconds["init"]
+    return _Views(w2c, Ks, imgs, masks, [(c.width, c.height) for c in posed.cameras])
 
-    align_steps = {int(f * cfg.iterations) for f in cfg.pose_rounds} if photometric else set()
+
+def _step_loss(model: _Model, views: _Views, viewmat, i: int, sh_deg: int, cfg: FitConfig, step: int, device):
+    """Render view ``i`` at ``viewmat``, its loss, backward (raises FloatingPointError on a
+    non-finite loss or gradient)."""
+    import torch
+    from pytorch_msssim import ssim
+
+    from .rasterize import rasterize
+
+    params, masks = model.params, views.masks
+    w, h = views.sizes[i]
+    if masks is not None and cfg.random_background:
+        bg = torch.rand(1, 3, device=device)
+    else:
+        bg = torch.ones(1, 3, device=device)
+    colors = torch.cat([params["sh0"], params["shN"]], dim=1)
+    render, alpha, info = rasterize(
+        params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
+        colors, viewmat, views.Ks[i : i + 1], w, h, sh_degree=sh_deg, backgrounds=bg, backend=cfg.backend,
+    )
+    gt = views.imgs[i]
+    if masks is not None:
+        m = masks[i][..., None]
+        gt = gt * m + bg[0] * (1 - m)
+    pred = render[0]
+    l1 = (pred - gt).abs().mean()
+    s = ssim(pred.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None], data_range=1.0, size_average=True)
+    loss = (1 - cfg.ssim_weight) * l1 + cfg.ssim_weight * (1 - s)
+    if masks is not None and cfg.mask_weight > 0:
+        loss = loss + cfg.mask_weight * (alpha[0, ..., 0] - masks[i]).abs().mean()
+    if not torch.isfinite(loss):
+        raise FloatingPointError
+    if model.strategy is not None:
+        model.strategy.step_pre_backward(params, model.optimizers, model.state, step, info)
+    loss.backward()
+    grads_ok = all(p.grad is None or torch.isfinite(p.grad).all() for p in params.values())
+    if not grads_ok:
+        raise FloatingPointError
+    return loss, info
+
+
+def _recover(model: _Model, snapshot, failures: int, step: int) -> None:
+    """After a non-finite step: restore the last snapshot and halve the learning rates, or
+    raise NumericalError after the third time."""
+    if failures > 3:
+        raise NumericalError(
+            f"the fit diverged (NaN/Inf loss) at step {step} and did not recover after 3 restarts",
+            "lower the resolution or the learning rates, or change the seed",
+        ) from None
+    log.warning("non-finite loss at step %d: restoring the last snapshot, halving learning rates", step)
+    _restore(model.params, model.optimizers, snapshot, model.strategy, model.state)
+    for opt in model.optimizers.values():
+        for g in opt.param_groups:
+            g["lr"] *= 0.5
+
+
+def _update(model: _Model, step: int, info, cfg: FitConfig) -> None:
+    """Step the optimisers, decay the means' learning rate, densify/prune."""
+    for opt in model.optimizers.values():
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    for g in model.optimizers["means"].param_groups:
+        g["lr"] *= model.gamma
+    if model.strategy is not None:
+        state = model.state
+        n_before = model.params["means"].shape[0]
+        if n_before < cfg.max_gaussians:
+            model.strategy.step_post_backward(model.params, model.optimizers, state, step, info, packed=False)
+        elif state.get("grad2d") is not None:
+            state["grad2d"] = state["count"] = state["radii"] = None  # stop accumulating
+
+
+def _optimise(model: _Model, views: _Views, refiner: CameraRefiner, schedule: np.ndarray, rng, cfg: FitConfig,
+              device, progress, cancel) -> tuple[Any, list[tuple[int, float]], int]:
+    """The optimisation loop: (the training cameras' w2c after the refiner's re-alignments,
+    (step, loss) history, steps run)."""
+    import torch
+
+    params = model.params
+    w2c = views.w2c
     history: list[tuple[int, float]] = []
     snapshot = {k: v.detach().clone() for k, v in params.items()}
     failures = 0
     order: list[int] = []
-    schedule = _view_schedule(len(posed), view_weights)
-    t_fit = time.perf_counter()
     step = 0
     while step < cfg.iterations:
         check(cancel)
         if not order:
             order = list(rng.permutation(schedule))
-        if step in align_steps:
-            align_steps.discard(step)
-            w2c0 = _align_round(params, posed, w2c0, pose_delta, cfg, device, progress, cancel)
+        w2c = refiner.before_step(step, params, w2c)
         i = order.pop()
-        w, h = sizes[i]
         sh_deg = min(step // max(cfg.sh_interval, 1), cfg.sh_degree)
-        viewmat = w2c0[i : i + 1]
-        if pose_delta is not None:
-            viewmat = se3_exp(pose_delta[i]) @ viewmat
-        if masks is not None and cfg.random_background:
-            bg = torch.rand(1, 3, device=device)
-        else:
-            bg = torch.ones(1, 3, device=device)
+        viewmat = refiner.viewmat(i, w2c[i : i + 1])
         try:
-            colors = torch.cat([params["sh0"], params["shN"]], dim=1)
-            render, alpha, info = rasterize(
-                params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
-                colors, viewmat, Ks[i : i + 1], w, h, sh_degree=sh_deg, backgrounds=bg, backend=cfg.backend,
-            )
-            gt = imgs[i]
-            if masks is not None:
-                m = masks[i][..., None]
-                gt = gt * m + bg[0] * (1 - m)
-            pred = render[0]
-            l1 = (pred - gt).abs().mean()
-            s = ssim(pred.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None], data_range=1.0, size_average=True)
-            loss = (1 - cfg.ssim_weight) * l1 + cfg.ssim_weight * (1 - s)
-            if masks is not None and cfg.mask_weight > 0:
-                loss = loss + cfg.mask_weight * (alpha[0, ..., 0] - masks[i]).abs().mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError
-            if strategy is not None:
-                strategy.step_pre_backward(params, optimizers, state, step, info)
-            loss.backward()
-            grads_ok = all(p.grad is None or torch.isfinite(p.grad).all() for p in params.values())
-            if not grads_ok:
-                raise FloatingPointError
+            loss, info = _step_loss(model, views, viewmat, i, sh_deg, cfg, step, device)
         except FloatingPointError:
             failures += 1
-            if failures > 3:
-                raise NumericalError(
-                    f"the fit diverged (NaN/Inf loss) at step {step} and did not recover after 3 restarts",
-                    "lower the resolution or the learning rates, or change the seed",
-                ) from None
-            log.warning("non-finite loss at step %d: restoring the last snapshot, halving learning rates", step)
-            _restore(params, optimizers, snapshot, strategy, state)
-            for opt in optimizers.values():
-                for g in opt.param_groups:
-                    g["lr"] *= 0.5
+            _recover(model, snapshot, failures, step)
+            params = model.params
             continue
         except (torch.OutOfMemoryError, MemoryError) as e:
+            w, h = views.sizes[i]
             raise ResourceError(
                 f"out of memory at {params['means'].shape[0]} Gaussians, {w}x{h} px ({type(e).__name__})",
                 "lower --resolution, the number of views or max_gaussians",
             ) from None
-        for opt in optimizers.values():
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        if pose_opts:
-            if step >= cfg.pose_start:
-                pose_opts[i].step()
-            pose_opts[i].zero_grad(set_to_none=True)
-        for g in optimizers["means"].param_groups:
-            g["lr"] *= gamma
-        if strategy is not None:
-            n_before = params["means"].shape[0]
-            if n_before < cfg.max_gaussians:
-                strategy.step_post_backward(params, optimizers, state, step, info, packed=False)
-            elif state.get("grad2d") is not None:
-                state["grad2d"] = state["count"] = state["radii"] = None  # stop accumulating
+        _update(model, step, info, cfg)
+        refiner.after_step(step, i)
         if step % 100 == 0:
             history.append((step, float(loss.detach())))
             snapshot = {k: v.detach().clone() for k, v in params.items()}
         step += 1
         report(progress, "fit", step, cfg.iterations, f"step {step}/{cfg.iterations}, {params['means'].shape[0]} Gaussians")
+    return w2c, history, step
+
+
+def fit_splats(
+    posed: PosedSet,
+    config: FitConfig = FitConfig(),
+    *,
+    init: Splats | None = None,
+    view_weights: "Sequence[float] | None" = None,
+    refiner: CameraRefiner | None = None,
+    device=None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> FitResult:
+    """Fit Gaussians to ``posed`` (all its views are training views). See :class:`FitConfig`.
+
+    init: start from these Gaussians (a warm start) instead of the visual hull.
+    view_weights: one weight > 0 per view: a view with weight w is visited w / min(weights) times
+    (rounded) per pass over the views, so it takes that many more optimisation steps (the
+    3D-aware sampler gives the condition image a high weight). None: every view once per pass.
+    refiner: refines the training cameras during the fit (None: they stay as given). A config
+    with ``pose_refine`` needs one: engine/poses/refine.py's ``fit_splats`` builds it.
+    device: the torch.device the job resolved (None: resolved here from ``config.device``)."""
+    import torch
+
+    cfg = config
+    check_training_set(posed)
+    if refiner is None:
+        if cfg.pose_refine:
+            raise InputError(
+                "pose refinement is run by the pose stage, not by the plain fit",
+                "call viewforge.engine.poses.refine.fit_splats, or pass a refiner",
+            )
+        refiner = CameraRefiner()
+    t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+    device = resolve_device(cfg.device) if device is None else device
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    splats = init if init is not None else _initial(posed, cfg)
+    seconds["init"] = time.perf_counter() - t0
+
+    scale = scene_scale(posed.cameras)
+    model = _optimisation(splats, cfg, scale, device)
+    views = _views(posed, device)
+    refiner.start(len(posed), device)
+    seconds["setup"] = time.perf_counter() - t0 - seconds["init"]
+
+    schedule = _view_schedule(len(posed), view_weights)
+    t_fit = time.perf_counter()
+    w2c, history, step = _optimise(model, views, refiner, schedule, rng, cfg, device, progress, cancel)
     seconds["fit"] = time.perf_counter() - t_fit
 
     cameras = list(posed.cameras)
-    if final_align:
-        t_align = time.perf_counter()
-        w2c = _align_round(params, posed, w2c0, None, cfg, device, progress, cancel)
-        cameras = [c.with_pose(_orthonormal_pose(m)) for c, m in zip(posed.cameras, w2c.cpu().double().numpy())]
-        seconds["poses_align"] = time.perf_counter() - t_align
-    if pose_delta is not None:
-        with torch.no_grad():
-            refined = (se3_exp(torch.cat(pose_delta)) @ w2c0).cpu().double().numpy()
-        cameras = [c.with_pose(_orthonormal_pose(m)) for c, m in zip(posed.cameras, refined)]
-    out = Splats.from_dict({k: v for k, v in params.items()})
-    return FitResult(out, cameras, seconds, history, step, pose_views, warnings)
-
-
-#: How the feature pose stage's failures read in a job's report (after "cameras kept as placed: ").
-FEATURES_FIX = "photos with more texture and overlap, at 400 px or more, let it refine them"
-
-
-def _refine_features(posed: PosedSet, feature_set: PosedSet | None, cfg: FitConfig, progress, cancel):
-    """The feature pose stage: (the set at the refined cameras at ``posed``'s sizes, per-view
-    reliability, one warning per kind of camera left unrefined), or one warning (a string) when
-    the photos give too little to refine from (the stage's :class:`CameraError`, or an adjustment
-    that does not make the photos agree better than the input cameras do): then every camera
-    stays as given and the fit goes on with them."""
-    from ..poses.features import FeatureConfig, refine_poses_features
-
-    src = posed if feature_set is None else feature_set
-    if len(src) != len(posed):
-        raise PosedSetError(
-            f"feature_set has {len(src)} views but the training set has {len(posed)}",
-            "pass the same views at a higher resolution",
-        )
-    fcfg = cfg.pose_features or FeatureConfig()
-    try:
-        res = refine_poses_features(src, fcfg, progress=progress, cancel=cancel)
-    except CameraError as e:
-        return f"cameras kept as placed: {e.message} ({FEATURES_FIX})"
-    if not res.rms_after < res.rms_input:
-        return (f"cameras kept as placed: the feature matches agree no better at refined cameras "
-                f"({res.rms_input:.2f} -> {res.rms_after:.2f} px)")
-    cams = [c.with_pose(r.world_to_camera) for c, r in zip(posed.cameras, res.cameras)]
-    n_ok = sum(v.reliable for v in res.views)
-    log.info("feature pose refinement: %d/%d views reliable, rms %.2f -> %.2f px", n_ok, len(res.views),
-             res.rms_before, res.rms_after)
-    names = [posed.names[i] if posed.names else c.name or str(i) for i, c in enumerate(posed.cameras)]
-    few = [n for n, v in zip(names, res.views) if v.observations < fcfg.min_view_observations]
-    loose = [n for n, v in zip(names, res.views) if v.observations >= fcfg.min_view_observations and not v.reliable]
-    kept = []
-    if few:
-        kept.append(f"{len(few)} of {len(names)} cameras kept as placed (too few feature matches): {', '.join(few)}")
-    if loose:
-        kept.append(f"{len(loose)} of {len(names)} cameras refined from loose matches "
-                    f"(reprojection error above {fcfg.outlier_px / 2:g} px): {', '.join(loose)}")
-    return PosedSet(cams, posed.images, posed.masks, posed.names, posed.meta), res.views, kept
-
-
-def _align_round(params, posed, w2c0, pose_delta, cfg, device, progress, cancel):
-    """Bake the joint corrections into the poses, align every camera to the current model, and
-    return the new (C, 4, 4) world-to-camera tensor (the joint corrections restart at zero)."""
-    import torch
-
-    from ..poses.photometric import AlignConfig, align_cameras
-
-    with torch.no_grad():
-        if pose_delta is not None:
-            w2c0 = torch.cat([se3_exp(d) @ w2c0[i : i + 1] for i, d in enumerate(pose_delta)])
-            for d in pose_delta:
-                d.zero_()
-        cams = [c.with_pose(_orthonormal_pose(m)) for c, m in zip(posed.cameras, w2c0.cpu().double().numpy())]
-    current = Splats.from_dict(params)
-    res = align_cameras(
-        current, PosedSet(cams, posed.images, posed.masks, posed.names), AlignConfig(steps=cfg.pose_align_steps),
-        device=device, backend=cfg.backend, progress=progress, cancel=cancel,
-    )
-    log.info("pose alignment: mean loss %.4f -> %.4f", float(np.mean(res.loss_before)), float(np.mean(res.loss_after)))
-    return torch.tensor(np.stack([c.world_to_camera for c in res.cameras]), dtype=torch.float32, device=device)
-
-
-def _orthonormal_pose(m: np.ndarray) -> np.ndarray:
-    u, _, vt = np.linalg.svd(m[:3, :3])
-    r = u @ vt
-    if np.linalg.det(r) < 0:
-        u[:, -1] *= -1
-        r = u @ vt
-    out = np.eye(4)
-    out[:3, :3] = r
-    out[:3, 3] = m[:3, 3]
-    return out
+    final = refiner.finish(model.params, w2c)
+    seconds.update(getattr(refiner, "seconds", {}))
+    if final is not None:
+        cameras = [c.with_pose(orthonormal_pose(m)) for c, m in zip(posed.cameras, final)]
+    out = Splats.from_dict({k: v for k, v in model.params.items()})
+    return FitResult(out, cameras, seconds, history, step, None, [])
 
 
 def _restore(params, optimizers, snapshot, strategy, state) -> None:
@@ -489,16 +443,17 @@ def render_splats(
     cameras: list[Camera],
     *,
     background: tuple[float, float, float] = (1.0, 1.0, 1.0),
-    device: str = "auto",
+    device="auto",
     backend: str = "auto",
     with_depth: bool = False,
 ) -> list[dict[str, np.ndarray]]:
-    """Render each camera: dicts with "rgb" (H,W,3), "alpha" (H,W) and optionally "depth" (H,W)."""
+    """Render each camera: dicts with "rgb" (H,W,3), "alpha" (H,W) and optionally "depth" (H,W).
+    device: a torch.device (the job's), or a name for engine/device.py's ``resolve_device``."""
     import torch
 
     from .rasterize import rasterize
 
-    dev = resolve_device(device)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
     p = {k: v.to(dev) for k, v in splats.as_dict().items()}
     colors = torch.cat([p["sh0"], p["shN"]], dim=1)
     out = []

@@ -156,8 +156,3 @@ def sh_to_color(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
     bases = sh_bases(degree, d)  # (..., k)
     rgb = (bases[..., None] * coeffs[..., :k, :]).sum(dim=-2)
     return torch.clamp_min(rgb + 0.5, 0.0)
-
-
-def rgb_to_sh0(rgb: Tensor) -> Tensor:
-    """DC coefficient giving colour ``rgb`` (the inverse of degree-0 ``sh_to_color``)."""
-    return (rgb - 0.5) / _C0
