@@ -4,7 +4,6 @@ point scene, the whole stage on a ray-cast textured scene, errors, cancel, the f
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -141,9 +140,7 @@ def test_refine_poses_features_recovers_textured_scene(textured_scene):
     cams, images, masks = textured_scene
     noisy = perturb_cameras(cams, 3.0, 0.03, seed=1)
     before = rotation_errors(noisy, cams)
-    t = time.perf_counter()
     res = F.refine_poses_features(PosedSet(noisy, images, masks), F.FeatureConfig(max_size=SIZE))
-    seconds = time.perf_counter() - t
     absolute, aligned = rotation_errors(res.cameras, cams)
     assert before[1] > 2.5
     assert aligned < 0.5, (before, absolute, aligned)
@@ -152,7 +149,6 @@ def test_refine_poses_features_recovers_textured_scene(textured_scene):
     assert all(0.0 < v.score <= 1.0 for v in res.views)
     assert res.rms_after < 1.0 and res.rms_after < res.rms_before
     assert [c.width for c in res.cameras] == [SIZE] * len(cams)
-    assert seconds < 60
 
 
 def test_featureless_photos_raise_camera_error():
