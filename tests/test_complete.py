@@ -219,18 +219,17 @@ def test_refinement_keeps_the_poses_when_the_photos_do_not_match(scene):
 
 
 def test_photos_refined_against_each_other_before_sampling(monkeypatch):
-    """With photos that match (the textured spheres of test_poses_features.py, 3 photos from one
+    """With photos that match (the textured spheres of tests/helpers.py, 3 photos from one
     side, 3 degree errors) the first stage refines them at the working size; the model-based
     fallback is not called."""
     import viewforge.engine.complete as C
     from viewforge.engine.io.types import PosedSet
     from viewforge.engine.poses.evaluate import perturb_cameras, rotation_errors
 
-    from test_poses_features import _render
-    from test_poses_rig import _front
+    from helpers import front_cameras, render_spheres
 
-    true = _front(size=256)
-    shots = [_render(c) for c in true]
+    true = front_cameras(size=256)
+    shots = [render_spheres(c) for c in true]
     bad = PosedSet(perturb_cameras(true, 3.0, 0.0, seed=1), [s[0] for s in shots], [s[1] for s in shots],
                    [c.name for c in true])
     monkeypatch.setattr(C, "_refine", lambda *a, **kw: pytest.fail("the fallback ran"))

@@ -8,78 +8,27 @@ import math
 import numpy as np
 import pytest
 
-from viewforge.engine.cameras import Camera, look_at
 from viewforge.engine.errors import Cancelled, CameraError
 from viewforge.engine.io.types import PosedSet
 from viewforge.engine.poses import features as F
 from viewforge.engine.poses.evaluate import perturb_cameras, rotation_errors
 from viewforge.engine.progress import CancelToken
 
+from helpers import render_spheres, textured_ring
+
 SIZE = 256
-
-
-def _ring(n: int, size: int = SIZE, radius: float = 3.5, fov_deg: float = 50.0) -> list[Camera]:
-    f = 0.5 * size / math.tan(math.radians(fov_deg) / 2)
-    cams = []
-    for i in range(n):
-        az = 2 * math.pi * i / n
-        el = math.radians((20.0, 40.0)[i % 2])
-        eye = radius * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
-        cams.append(Camera(f, f, size / 2, size / 2, size, size, look_at(eye, (0, 0, 0)), name=f"v{i:02d}"))
-    return cams
-
-
-# spheres (centre, radius) of the textured test scene
-_SPHERES = [((0.0, 0.0, 0.0), 1.0), ((0.9, 0.7, 0.5), 0.45), ((-0.8, -0.6, 0.6), 0.4), ((0.2, -0.9, -0.6), 0.35)]
-
-
-def _texture(points: np.ndarray, seed: int = 3) -> np.ndarray:
-    """Procedural 3D colour texture: high-contrast luminance from two octaves of trilinear value
-    noise on a lattice (SIFT works on grey levels), tinted by a coarse colour noise."""
-    from scipy.ndimage import map_coordinates
-
-    rng = np.random.default_rng(seed)
-
-    def noise(cells: int) -> np.ndarray:
-        grid = rng.random((cells, cells, cells))
-        return map_coordinates(grid, ((points + 1.6) / 3.2 * (cells - 1)).T, order=1, mode="nearest")
-
-    lum = np.clip((0.6 * noise(40) + 0.4 * noise(90) - 0.5) * 4.0 + 0.5, 0.0, 1.0)
-    tint = 0.5 + 0.5 * np.stack([noise(6), noise(6), noise(6)], 1)
-    return np.clip(lum[:, None] * tint, 0, 1)
-
-
-def _render(cam: Camera) -> tuple[np.ndarray, np.ndarray]:
-    """Ray-cast the spheres (nearest hit), albedo only: (H, W, 3) image and (H, W) mask."""
-    ys, xs = np.mgrid[0 : cam.height, 0 : cam.width] + 0.5
-    d_cam = np.stack([(xs - cam.cx) / cam.fx, (ys - cam.cy) / cam.fy, np.ones_like(xs)], -1).reshape(-1, 3)
-    d = d_cam @ cam.R  # camera -> world directions (R^T d)
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
-    o = cam.center
-    best = np.full(len(d), np.inf)
-    for centre, r in _SPHERES:
-        oc = o - np.asarray(centre)
-        b = d @ oc
-        disc = b * b - (oc @ oc - r * r)
-        t = -b - np.sqrt(np.maximum(disc, 0))
-        hit = (disc > 0) & (t > 0) & (t < best)
-        best[hit] = t[hit]
-    mask = np.isfinite(best)
-    img = np.zeros((len(d), 3))
-    img[mask] = _texture(o + d[mask] * best[mask, None])
-    return img.reshape(cam.height, cam.width, 3).astype(np.float32), mask.reshape(cam.height, cam.width).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def textured_scene():
-    cams = _ring(24)
-    renders = [_render(c) for c in cams]
+    cams = textured_ring(24)
+    renders = [render_spheres(c) for c in cams]
     return cams, [r[0] for r in renders], [r[1] for r in renders]
 
 
 def _point_scene(n_views=24, seed=0, noise_px=0.5):
     rng = np.random.default_rng(seed)
-    cams = _ring(n_views, size=400, fov_deg=45.0)
+    cams = textured_ring(n_views, size=400, fov_deg=45.0)
     X = rng.uniform(-1, 1, (1500, 3))
     views, pts, xy = [], [], []
     for c, cam in enumerate(cams):
@@ -107,7 +56,7 @@ def test_bundle_adjust_recovers_perturbed_cameras_on_synthetic_points():
 
 
 def test_build_tracks_joins_matches_and_drops_inconsistent_tracks():
-    cams = _ring(3)
+    cams = textured_ring(3)
     feats = [F.ViewFeatures(c, np.arange(8, dtype=float).reshape(4, 2) + 10 * k, np.zeros((4, 128), np.float32))
              for k, c in enumerate(cams)]
     m01, m12 = np.array([[0, 0], [1, 1]]), np.array([[0, 0]])
@@ -122,7 +71,7 @@ def test_build_tracks_joins_matches_and_drops_inconsistent_tracks():
 
 
 def test_similarity_round_trip():
-    cams = _ring(6)
+    cams = textured_ring(6)
     S = np.eye(4)
     ang = 0.3
     S[:3, :3] = 1.7 * np.array([[math.cos(ang), -math.sin(ang), 0], [math.sin(ang), math.cos(ang), 0], [0, 0, 1]])
@@ -152,7 +101,7 @@ def test_refine_poses_features_recovers_textured_scene(textured_scene):
 
 
 def test_featureless_photos_raise_camera_error():
-    cams = _ring(4)
+    cams = textured_ring(4)
     flat = [np.full((SIZE, SIZE, 3), 0.5, np.float32) for _ in cams]
     with pytest.raises(CameraError) as e:
         F.refine_poses_features(PosedSet(cams, flat, None), F.FeatureConfig(max_size=SIZE))
@@ -165,7 +114,7 @@ def test_fit_keeps_the_cameras_of_featureless_photos_and_says_so():
     from viewforge.engine.poses.refine import fit_splats
     from viewforge.engine.splat.fit import FitConfig
 
-    cams = _ring(4)
+    cams = textured_ring(4)
     yy, xx = np.mgrid[:SIZE, :SIZE]
     disc = (((yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2) < (SIZE / 4) ** 2).astype(np.float32)
     flat = [np.full((SIZE, SIZE, 3), 0.5, np.float32) for _ in cams]

@@ -1,39 +1,26 @@
 """A few photos refined against each other (engine/poses/sparse.py ``refine_photo_rig``), the
 first stage of completion's pose refinement: 3 photos of the textured sphere scene of
-test_poses_features.py from one side of the object, each camera rotated 3 degrees about its
+tests/helpers.py from one side of the object, each camera rotated 3 degrees about its
 centre (as bench/sparse.py perturbs them)."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
-from viewforge.engine.cameras import Camera, look_at
 from viewforge.engine.io.types import PosedSet
 from viewforge.engine.poses.evaluate import perturb_cameras, rotation_errors
 from viewforge.engine.poses.sparse import PhotoRigConfig, refine_photo_rig
 
-from test_poses_features import _render
+from helpers import front_cameras, render_spheres
 
 SIZE = 256
 
 
-def _front(azimuths=(-40.0, 0.0, 40.0), size: int = SIZE, radius: float = 4.0, fov_deg: float = 40.0) -> list[Camera]:
-    f = 0.5 * size / math.tan(math.radians(fov_deg) / 2)
-    cams = []
-    for i, az in enumerate(azimuths):
-        a, el = math.radians(az - 90.0), math.radians((15.0, 30.0)[i % 2])
-        eye = radius * np.array([math.cos(el) * math.cos(a), math.cos(el) * math.sin(a), math.sin(el)])
-        cams.append(Camera(f, f, size / 2, size / 2, size, size, look_at(eye, (0, 0, 0)), name=f"p{i}"))
-    return cams
-
-
 @pytest.fixture(scope="module")
 def photos():
-    cams = _front()
-    renders = [_render(c) for c in cams]
+    cams = front_cameras()
+    renders = [render_spheres(c) for c in cams]
     return cams, [r[0] for r in renders], [r[1] for r in renders]
 
 

@@ -14,13 +14,13 @@ from viewforge.engine.progress import CancelToken
 from viewforge.engine.recon import ReconConfig, reconstruct, split_views
 from viewforge.engine.splat.model import read_splat_ply
 
-from test_splat_fit import _ground_truth_splats, _posed, _rig
+from helpers import ground_truth_splats, render_spheres, splat_posed, splat_rig, textured_ring
 
 
 @pytest.fixture(scope="module")
 def posed_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("recon")
-    posed = _posed(_ground_truth_splats(), _rig(16))
+    posed = splat_posed(ground_truth_splats(), splat_rig(16))
     return write_posed_set(posed, root / "blob")
 
 
@@ -81,10 +81,8 @@ def test_refine_poses_uses_full_size_photos_and_reports_reliability(tmp_path):
     from viewforge.engine.io.types import PosedSet
     from viewforge.engine.poses.evaluate import perturb_cameras, rotation_errors
 
-    from test_poses_features import _render, _ring
-
-    cams = _ring(24)
-    renders = [_render(c) for c in cams]
+    cams = textured_ring(24)
+    renders = [render_spheres(c) for c in cams]
     noisy = perturb_cameras(cams, 3.0, 0.03, seed=2)
     root = write_posed_set(PosedSet(noisy, [r[0] for r in renders], [r[1] for r in renders]), tmp_path / "ring")
     res = reconstruct(root, tmp_path / "ring.ply",
@@ -111,10 +109,8 @@ def test_two_photos_with_pose_refinement_warn_in_the_metrics_and_summary(tmp_pat
     from viewforge.engine.io.types import PosedSet
     from viewforge.engine.jobs import JobSpec, run_job
 
-    from test_poses_features import _render, _ring
-
-    cams = _ring(12)[:2]
-    renders = [_render(c) for c in cams]
+    cams = textured_ring(12)[:2]
+    renders = [render_spheres(c) for c in cams]
     root = write_posed_set(PosedSet(cams, [r[0] for r in renders], [r[1] for r in renders]), tmp_path / "two")
     fast = {"resolution": 48, "iterations": 3, "device": "cpu", "complete": "off"}
     res = run_job(JobSpec("reconstruct", str(root), str(tmp_path / "two.ply"), {**fast, "pose_refine": True}))

@@ -15,8 +15,7 @@ from viewforge.engine.io.posed import write_posed_set
 from viewforge.engine.progress import CancelToken
 from viewforge.engine.recon import ReconConfig, reconstruct
 
-from helpers import sphere_mesh, sphere_splats
-from test_splat_fit import _posed, _rig
+from helpers import sphere_mesh, sphere_splats, splat_posed, splat_rig
 
 SMALL = ["--resolution", "40", "--iterations", "300", "--faces", "3000", "--texture-size", "256", "--grid", "64",
          "--device", "cpu"]
@@ -25,7 +24,7 @@ SMALL = ["--resolution", "40", "--iterations", "300", "--faces", "3000", "--text
 @pytest.fixture(scope="module")
 def sphere_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("sphere")
-    posed = write_posed_set(_posed(sphere_splats(), _rig(16)), root / "posed")
+    posed = write_posed_set(splat_posed(sphere_splats(), splat_rig(16)), root / "posed")
     gt = write_mesh(sphere_mesh(4), root / "sphere.ply")
     return posed / "transforms.json", gt
 

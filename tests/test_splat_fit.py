@@ -8,59 +8,25 @@ import numpy as np
 import pytest
 import torch
 
-from viewforge.engine.cameras import Camera, look_at, rotation_angle_deg
+from viewforge.engine.cameras import Camera, rotation_angle_deg
 from viewforge.engine.errors import Cancelled, NumericalError, PosedSetError
 from viewforge.engine.io.types import PosedSet
 from viewforge.engine.poses.evaluate import perturb_cameras
 from viewforge.engine.metrics import composite_on_white, psnr
 from viewforge.engine.progress import CancelToken
 from viewforge.engine.splat.fit import FitConfig, fit_splats, render_splats
-from viewforge.engine.splat.model import Splats, read_splat_ply, visual_hull_points, write_splat_ply
+from viewforge.engine.splat.model import read_splat_ply, visual_hull_points, write_splat_ply
+
+from helpers import ground_truth_splats, splat_posed, splat_rig
 
 SIZE = 40
 
 
-def _ground_truth_splats(n=400, seed=0) -> Splats:
-    """A colourful blob: Gaussians on a bumpy ellipsoid, colour varying with position."""
-    g = torch.Generator().manual_seed(seed)
-    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
-    r = 0.6 + 0.15 * torch.sin(3 * d[:, 0]) * torch.cos(2 * d[:, 2])
-    means = d * r[:, None] * torch.tensor([1.0, 0.8, 0.7])
-    rgb = 0.5 + 0.45 * torch.stack([d[:, 0], torch.sin(2.5 * d[:, 1]), d[:, 2] * d[:, 0] * 2], -1)
-    k = 16
-    shN = torch.zeros(n, k - 1, 3)
-    return Splats(
-        means=means,
-        scales=torch.full((n, 3), math.log(0.09)),
-        quats=torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1),
-        opacities=torch.full((n,), 3.0),
-        sh0=((rgb - 0.5) / 0.28209479177387814)[:, None, :],
-        shN=shN,
-    )
-
-
-def _rig(n, radius=3.0, elev_deg=(25.0, -10.0), offset=0.0):
-    cams = []
-    f = SIZE * 1.3
-    for i in range(n):
-        az = 2 * math.pi * i / n + offset
-        el = math.radians(elev_deg[i % 2])
-        eye = radius * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
-        cams.append(Camera(f, f, SIZE / 2, SIZE / 2, SIZE, SIZE, look_at(eye, (0, 0, 0)), name=f"v{i:02d}"))
-    return cams
-
-
-def _posed(splats: Splats, cams: list[Camera]) -> PosedSet:
-    outs = render_splats(splats, cams, background=(0.0, 0.0, 0.0), device="cpu")
-    imgs = [np.clip(o["rgb"] / np.maximum(o["alpha"][..., None], 1e-6), 0, 1) * (o["alpha"][..., None] > 1e-6) for o in outs]
-    return PosedSet(cams, [i.astype(np.float32) for i in imgs], [o["alpha"].astype(np.float32) for o in outs])
-
-
 @pytest.fixture(scope="module")
 def scene():
-    gt = _ground_truth_splats()
-    train = _posed(gt, _rig(12))
-    test = _posed(gt, _rig(4, offset=0.4))
+    gt = ground_truth_splats()
+    train = splat_posed(gt, splat_rig(12))
+    test = splat_posed(gt, splat_rig(4, offset=0.4))
     return gt, train, test
 
 
@@ -239,7 +205,7 @@ def test_visual_hull_leaves_out_space_one_camera_sees():
     # an orbit of 8 cameras around a sphere (the Blender check's rig): the corners of the scene
     # cube behind the sphere are in one camera's view only, inside its silhouette, and no other
     # mask carves them; Gaussians started there became a floater that doubled the mesh's box
-    posed = _sphere_masks(_rig(8, radius=4.0), 0.8)
+    posed = _sphere_masks(splat_rig(8, radius=4.0), 0.8)
     pts, _, spacing = visual_hull_points(posed, 4000, min_views=2)
     assert _views_seeing(posed.cameras, pts).min() >= 2
     assert np.linalg.norm(pts, axis=1).max() < 0.8 + 4 * spacing  # the hull hugs the sphere
@@ -247,7 +213,7 @@ def test_visual_hull_leaves_out_space_one_camera_sees():
     assert (_views_seeing(posed.cameras, loose) == 1).mean() > 0.05
     assert np.linalg.norm(loose, axis=1).max() > 1.2
     # two cameras: a point must be in both views; one camera: its own view is enough
-    two, _, _ = visual_hull_points(_sphere_masks(_rig(2, radius=4.0), 0.6), 500, min_views=2)
-    assert _views_seeing(_rig(2, radius=4.0), two).min() == 2
-    one, _, _ = visual_hull_points(_sphere_masks(_rig(1, radius=4.0), 0.6), 500, min_views=2)
+    two, _, _ = visual_hull_points(_sphere_masks(splat_rig(2, radius=4.0), 0.6), 500, min_views=2)
+    assert _views_seeing(splat_rig(2, radius=4.0), two).min() == 2
+    one, _, _ = visual_hull_points(_sphere_masks(splat_rig(1, radius=4.0), 0.6), 500, min_views=2)
     assert len(one) == 500
