@@ -257,7 +257,7 @@ def _step_loss(model: _Model, views: _Views, viewmat, i: int, sh_deg: int, cfg: 
     import torch
     from pytorch_msssim import ssim
 
-    from .rasterize import rasterize
+    from .rasterize import rasterize_params
 
     params, masks = model.params, views.masks
     w, h = views.sizes[i]
@@ -265,10 +265,8 @@ def _step_loss(model: _Model, views: _Views, viewmat, i: int, sh_deg: int, cfg: 
         bg = torch.rand(1, 3, device=device)
     else:
         bg = torch.ones(1, 3, device=device)
-    colors = torch.cat([params["sh0"], params["shN"]], dim=1)
-    render, alpha, info = rasterize(
-        params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
-        colors, viewmat, views.Ks[i : i + 1], w, h, sh_degree=sh_deg, backgrounds=bg, backend=cfg.backend,
+    render, alpha, info = rasterize_params(
+        params, viewmat, views.Ks[i : i + 1], w, h, sh_degree=sh_deg, backgrounds=bg, backend=cfg.backend,
     )
     gt = views.imgs[i]
     if masks is not None:
@@ -451,20 +449,18 @@ def render_splats(
     device: a torch.device (the job's), or a name for engine/device.py's ``resolve_device``."""
     import torch
 
-    from .rasterize import rasterize
+    from .rasterize import rasterize_params
 
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     p = {k: v.to(dev) for k, v in splats.as_dict().items()}
-    colors = torch.cat([p["sh0"], p["shN"]], dim=1)
     out = []
     with torch.no_grad():
         for cam in cameras:
             vm = torch.tensor(cam.world_to_camera, dtype=torch.float32, device=dev)[None]
             K = torch.tensor(cam.K, dtype=torch.float32, device=dev)[None]
             bg = torch.tensor([background], dtype=torch.float32, device=dev)
-            r, a, _ = rasterize(
-                p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]), colors, vm, K,
-                cam.width, cam.height, sh_degree=splats.sh_degree, backgrounds=bg, backend=backend,
+            r, a, _ = rasterize_params(
+                p, vm, K, cam.width, cam.height, sh_degree=splats.sh_degree, backgrounds=bg, backend=backend,
                 render_mode="RGB+ED" if with_depth else "RGB",
             )
             d = {"rgb": r[0, ..., :3].clamp(0, 1).cpu().numpy(), "alpha": a[0, ..., 0].cpu().numpy()}

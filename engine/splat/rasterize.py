@@ -128,6 +128,22 @@ def rasterize(
 # --------------------------------------------------------------------------------------------
 
 
+def rasterize_params(
+    params: dict[str, Tensor],  # Splats' raw tensors: means, quats, log scales, logit opacities, sh0, shN
+    viewmats: Tensor,  # (C, 4, 4)
+    Ks: Tensor,  # (C, 3, 3)
+    width: int,
+    height: int,
+    **kw: Any,
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """:func:`rasterize` of a model in its optimised parametrisation: scales exp-activated,
+    opacities sigmoid-activated, sh0 and shN concatenated as the SH colours. ``kw`` as rasterize's."""
+    return rasterize(
+        params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
+        torch.cat([params["sh0"], params["shN"]], dim=1), viewmats, Ks, width, height, **kw,
+    )
+
+
 def _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kw):
     from gsplat import rasterization
 
