@@ -141,8 +141,9 @@ def _subset(posed: PosedSet, ids: list[int]) -> PosedSet:
     )
 
 
-def evaluate_views(splats, posed: PosedSet | None, device: str = "auto") -> dict[str, float | None]:
-    """Mean PSNR/SSIM of the splats rendered on white vs the images composited on white."""
+def evaluate_views(splats, posed: PosedSet | None, device="auto") -> dict[str, float | None]:
+    """Mean PSNR/SSIM of the splats rendered on white vs the images composited on white (device:
+    the job's torch.device or a name)."""
     from .metrics import view_scores
     from .splat.fit import render_splats
 
@@ -268,6 +269,7 @@ def reconstruct_posed(
 
     With at most COMPLETE_MAX_PHOTOS training photos (``config.complete``), the generator
     completes the sides no photo saw (engine/complete.py) instead of the plain fit."""
+    from .device import resolve_device
     from .io.posed import load_posed_set
     from .poses.refine import fit_splats
     from .splat.fit import FitConfig
@@ -322,10 +324,11 @@ def reconstruct_posed(
     # feature pose refinement finds far more matches on 400-800 px photos than at the fit's size
     feature_set = (_sharper_training_photos(transforms, posed, train_ids, FEATURE_RESOLUTION, cancel)
                    if config.pose_refine else None)
-    result = fit_splats(train, fit_cfg, feature_set=feature_set, progress=progress, cancel=cancel)
+    device = resolve_device(config.device)  # once: the fit and the held-out renders run on it
+    result = fit_splats(train, fit_cfg, feature_set=feature_set, device=device, progress=progress, cancel=cancel)
     seconds.update({f"fit_{k}" if k != "fit" else "fit": v for k, v in result.seconds.items()})
     t = time.perf_counter()
-    scores = evaluate_views(result.splats, held, config.device)
+    scores = evaluate_views(result.splats, held, device)
     seconds["eval"] = time.perf_counter() - t
     mesh = None
     extra: dict[str, Any] = {}
