@@ -51,7 +51,7 @@ from .progress import CancelToken, ProgressCallback, check, report
 
 if TYPE_CHECKING:  # pragma: no cover
     from .mvgen.base import ConditionImage
-    from .sampling.aware import Anchor
+    from .sampling.anchors import Anchor
     from .splat.model import Splats
 
 log = logging.getLogger(__name__)
@@ -352,7 +352,7 @@ def prepare_photos(posed: PosedSet, size: int) -> PosedSet:
 
 
 def anchors_of(photos: PosedSet, weight: float) -> list["Anchor"]:
-    from .sampling.aware import Anchor
+    from .sampling.anchors import Anchor
 
     assert photos.masks is not None
     return [Anchor(np.concatenate([i, m[..., None]], 2).astype(np.float32), c, weight, n)

@@ -54,7 +54,7 @@ from ..progress import CancelToken, ProgressCallback, check, report
 if TYPE_CHECKING:  # pragma: no cover
     from ..splat.fit import FitConfig
     from ..splat.model import Splats
-    from .aware import Anchor
+    from .anchors import Anchor
 
 log = logging.getLogger(__name__)
 
