@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .engine.errors import Cancelled, InputError, ViewforgeError
+from .engine.mvgen import DEFAULT_MODEL
 from .engine.progress import ProgressEvent, ProgressLines
 from .engine.speed import CPU_NOTE
 
@@ -310,8 +311,8 @@ def _add_reconstruct(p: argparse.ArgumentParser) -> None:
     p.add_argument("--complete", choices=("auto", "on", "off"), default="auto",
                    help="generate the sides no photo saw (default auto: with at most 4 training photos, when the "
                         "generator's weights are there)")
-    p.add_argument("--model", default="zero123pp-v1.2", metavar="ID_OR_DIR",
-                   help="generator for completion: registry id or local model folder (default zero123pp-v1.2)")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="ID_OR_DIR",
+                   help=f"generator for completion: registry id or local model folder (default {DEFAULT_MODEL})")
     p.add_argument("--allow-download", action="store_true",
                    help="let completion download the generator's weights (pinned revision) when missing")
     p.add_argument("--no-rvc", action="store_true",
@@ -467,8 +468,8 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE", help="one image of one object: PNG/JPEG/WebP; RGBA or on a plain background")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file: .glb or .blend (UV-textured mesh) or .ply (3D Gaussian splats)")
-    p.add_argument("--model", default="zero123pp-v1.2", metavar="ID_OR_DIR",
-                   help="multi-view generator: a registry id or a local model folder (default zero123pp-v1.2)")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="ID_OR_DIR",
+                   help=f"multi-view generator: a registry id or a local model folder (default {DEFAULT_MODEL})")
     p.add_argument("--steps", type=_positive_int, default=4, metavar="K",
                    help="sampling steps (default 4; two generator evaluations each with guidance)")
     p.add_argument("--method", choices=("aware", "oneshot", "im3d"), default="aware",

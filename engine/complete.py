@@ -47,6 +47,7 @@ import numpy as np
 from .cameras import Camera
 from .errors import ImageError, InputError, OutputError
 from .io.types import Mesh, PosedSet
+from .mvgen import DEFAULT_MODEL
 from .progress import CancelToken, ProgressCallback, check, report
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,7 +70,7 @@ TWO_PHOTOS_WARNING = ("two photos cannot pin how far their cameras turn towards 
 class CompleteConfig:
     """Settings of :func:`complete`.
 
-    model: generator registry id or local model folder (default "zero123pp-v1.2").
+    model: generator registry id or local model folder (default DEFAULT_MODEL, Zero123++ v1.2).
     steps: sampling steps K (default 4). seed: noise seed. device: "auto", "cpu", "cuda", "mps".
     allow_download: fetch missing weights (default False: a DependencyError says how).
     rvc: rendering-aware velocity compensation (default True); rvc_strength (lambda, 0.1),
@@ -98,7 +99,7 @@ class CompleteConfig:
     mesh: overrides of MeshConfig fields. fit: overrides of the sampler's FitConfig fields.
     """
 
-    model: str = "zero123pp-v1.2"
+    model: str = DEFAULT_MODEL
     steps: int = 4
     seed: int = 0
     device: str = "auto"

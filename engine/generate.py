@@ -21,6 +21,7 @@ import numpy as np
 from .errors import InputError, OutputError
 from .io.atomic import atomic_file, check_output_path
 from .io.types import Mesh, PosedSet
+from .mvgen import DEFAULT_MODEL
 from .progress import CancelToken, ProgressCallback, check
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ GENERATE_SUFFIXES = (".glb", ".ply")
 class GenerateConfig:
     """Settings of :func:`generate`.
 
-    model: generator registry id or local model folder (default "zero123pp-v1.2").
+    model: generator registry id or local model folder (default DEFAULT_MODEL, Zero123++ v1.2).
     steps: sampling steps K (default 4; with guidance 2 network evaluations each).
     method: "aware" (default: 3D-aware sampling), "oneshot" or "im3d" (engine/sampling/aware.py).
     seed: noise seed. device: "auto", "cpu", "cuda" or "mps".
@@ -49,7 +50,7 @@ class GenerateConfig:
     fit: overrides of the sampler's :class:`~viewforge.engine.splat.fit.FitConfig` fields.
     """
 
-    model: str = "zero123pp-v1.2"
+    model: str = DEFAULT_MODEL
     steps: int = 4
     method: Literal["aware", "oneshot", "im3d"] = "aware"
     seed: int = 0

@@ -17,6 +17,7 @@ import numpy as np
 from .errors import InputError, OutputError
 from .io.atomic import atomic_file, check_output_path
 from .io.types import PosedSet
+from .mvgen import DEFAULT_MODEL
 from .progress import CancelToken, ProgressCallback, check
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class ReconConfig:
     gt_mesh: str | None = None
     mesh: dict[str, Any] = field(default_factory=dict)
     complete: str = "auto"
-    model: str = "zero123pp-v1.2"
+    model: str = DEFAULT_MODEL
     allow_download: bool = False
     rvc: bool = True
 

@@ -44,6 +44,12 @@ def cond(gen):
     return gen.condition(_image())
 
 
+def test_the_default_model_is_a_registry_id():
+    from viewforge.engine.mvgen import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL in base.builtins() and base.DEFAULT_MODEL == DEFAULT_MODEL
+
+
 def test_registry_entry_states_licence_pin_and_size():
     entry = base.builtins()["zero123pp-v1.2"]
     info = entry.info
