@@ -18,13 +18,15 @@ from viewforge.engine.errors import Cancelled, DependencyError, InputError  # no
 from viewforge.engine.mvgen import base, zero123pp  # noqa: E402
 from viewforge.engine.progress import CancelToken  # noqa: E402
 
+from tiny_models import save_tiny  # noqa: E402
+
 torch.set_num_threads(2)
 VIEW = 16  # tiny views; the real model's are 320
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return zero123pp.save_tiny(tmp_path_factory.mktemp("z123") / "tiny", seed=0, view_size=VIEW)
+    return save_tiny(tmp_path_factory.mktemp("z123") / "tiny", seed=0, view_size=VIEW)
 
 
 @pytest.fixture(scope="module")
