@@ -436,7 +436,7 @@ def refine_against_model(photos: PosedSet, splats, device: str, progress, cancel
     cameras refined by render-match-PnP against ``splats`` on ``device`` (engine/poses/sparse.py
     ``refine_cameras_to_model``; views without reliable matches keep their input pose). The model
     was fitted to the photos at the input cameras and has absorbed their errors, which is why the
-    step is off by default (docs/completion.md)."""
+    step is off by default (docs/poses.md measures it on bench/sparse.py's Duck)."""
     from .poses.sparse import SparseRefineConfig, refine_cameras_to_model
 
     res = refine_cameras_to_model(photos, splats, SparseRefineConfig(device=device), progress=progress, cancel=cancel)

@@ -1,5 +1,5 @@
-"""Few-step multi-view sampling with 3D reconstruction in the loop (seed 000) or between rounds
-(seed 002), on any :class:`~viewforge.engine.mvgen.base.MultiViewGenerator`.
+"""Few-step multi-view sampling with 3D reconstruction in the loop (AlignCVC) or between rounds
+(IM-3D), on any :class:`~viewforge.engine.mvgen.base.MultiViewGenerator`.
 
 Notation (docs/generation.md has the derivation): ``x_t = a_t x0 + s_t eps`` (the generator's
 :class:`~viewforge.engine.mvgen.base.NoiseSchedule`), K descending timesteps ``t_1 > ... > t_K``
