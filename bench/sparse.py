@@ -142,14 +142,14 @@ def photometric_heldout(splats, cams, truths, centre: np.ndarray, evals: int = 1
 def run_recon(photos: PosedSet, settings: dict, refine: bool, seed: int):
     """Photos only: the existing fit (completion's fit budget: the first fit, the sampler's 3 warm
     fits and the final warm fit), optionally at the cameras refined against each other."""
-    from viewforge.engine.complete import _refine_photos_first, prepare_photos
+    from viewforge.engine.complete import prepare_photos, refine_photos_first
     from viewforge.engine.sampling.aware import SAMPLER_FIT
     from viewforge.engine.splat.fit import fit_splats
 
     ph = prepare_photos(photos, PHOTO_SIZE)
     note = None
     if refine:  # the photos against each other, as completion does before sampling
-        ph, note = _refine_photos_first(photos, ph, None, None)
+        ph, note = refine_photos_first(photos, ph, None, None)
         note = note or "input poses kept"
     budget = settings["fit_iterations"] + 4 * settings["warm_iterations"]
     cfg = replace(SAMPLER_FIT, iterations=budget, device="cpu", seed=seed)
