@@ -12,6 +12,8 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
+from .engine.mvgen import DEFAULT_MODEL
+
 #: The extension's package name (``bl_idname`` of its preferences): "viewforge" in a development
 #: checkout, "bl_ext.<repository>.viewforge" when installed as an extension.
 ADDON_ID = __package__
@@ -47,7 +49,7 @@ class ViewforgeSettings(bpy.types.PropertyGroup):
     model: StringProperty(  # type: ignore[valid-type]
         name="Model",
         description="Multi-view generator: a registry id (zero123pp-v1.2) or a local model folder",
-        default="zero123pp-v1.2",
+        default=DEFAULT_MODEL,
         subtype="NONE",
     )
     steps: IntProperty(  # type: ignore[valid-type]

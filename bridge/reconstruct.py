@@ -47,6 +47,7 @@ from typing import Any
 from ..engine.cameras import transforms_from_cameras
 from ..engine.errors import CameraError, ImageError, InputError, OutputError
 from ..engine.jobs import JobSpec
+from ..engine.mvgen import DEFAULT_MODEL
 from .prepared import OUTPUT_SUFFIX, WORKER_NICE, PreparedJob, _abspath, import_result, output_path, pose_changed
 
 #: Photo files matched by camera name in a photo folder (in this order of preference).
@@ -78,7 +79,7 @@ class ReconstructRequest:
     overrides: dict[str, Any] = field(default_factory=dict)
     output_suffix: str = OUTPUT_SUFFIX
     complete: str = "auto"
-    model: str = "zero123pp-v1.2"
+    model: str = DEFAULT_MODEL
     model_cache: str = ""
     allow_download: bool = False
     refine_cameras: bool = True

@@ -1,5 +1,5 @@
 """Completion: a few photos with scene cameras -> the unseen sides generated -> one model in the
-cameras' frame (issue 7, seed 001 ReconViaGen; docs/completion.md has the math).
+cameras' frame (after ReconViaGen; docs/completion.md has the math).
 
 1. **Photos.** 1-4 (more work) RGBA photos with OpenCV cameras (a :class:`PosedSet`); photos
    without masks are matted against their border colour (engine/mvgen/prep.py). They are resized
@@ -40,18 +40,19 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from .cameras import Camera
 from .errors import ImageError, InputError, OutputError
 from .io.types import Mesh, PosedSet
+from .mvgen import DEFAULT_MODEL
 from .progress import CancelToken, ProgressCallback, check, report
 
 if TYPE_CHECKING:  # pragma: no cover
     from .mvgen.base import ConditionImage
-    from .sampling.aware import Anchor
+    from .sampling.anchors import Anchor
     from .splat.model import Splats
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ TWO_PHOTOS_WARNING = ("two photos cannot pin how far their cameras turn towards 
 class CompleteConfig:
     """Settings of :func:`complete`.
 
-    model: generator registry id or local model folder (default "zero123pp-v1.2").
+    model: generator registry id or local model folder (default DEFAULT_MODEL, Zero123++ v1.2).
     steps: sampling steps K (default 4). seed: noise seed. device: "auto", "cpu", "cuda", "mps".
     allow_download: fetch missing weights (default False: a DependencyError says how).
     rvc: rendering-aware velocity compensation (default True); rvc_strength (lambda, 0.1),
@@ -80,7 +81,7 @@ class CompleteConfig:
     photo_size: longer side of the photos in the fits, pixels (default 256).
     fit_iterations, warm_iterations: the sampler's first and later fits.
     refine_cameras: refine the photo cameras against each other before sampling (feature
-        matches; ``_refine_photos_first``); the rig is placed from the refined cameras.
+        matches; :func:`refine_photos_first`); the rig is placed from the refined cameras.
     refine_silhouettes: photos that the feature stage did not refine (no matches: texture-less
         objects) are refined after sampling by silhouette coherence against the reference photo
         plus the generated views (engine/poses/silhouette.py; the views are then sampled against
@@ -88,18 +89,17 @@ class CompleteConfig:
         refitted with all photos; default True; docs/poses.md section 4).
     refine_fallback: when the photos do not match each other, refine them after sampling against
         the model (render-match-PnP), re-place the rig and refit (default False: unreliable here;
-        ``_refine``); it replaces the silhouette stage when set.
+        :func:`refine_against_model`); it replaces the silhouette stage when set.
     final_fit: without RVC, the model ends with one more warm fit (``warm_iterations``) of the
         views and the photos (default True). With RVC the model already ends with one after the
         last correction (RVCConfig ``final_fit``), so RVC and no RVC spend the same fit budget and
-        compare fairly (before, RVC's extra fit made up 0.5-0.7 dB of its gain at the inputs:
-        docs/completion.md).
+        compare fairly (docs/completion.md).
     make_mesh: run the mesh stage (default True; a .glb output needs it).
     faces, texture_size: mesh face budget and texture side.
     mesh: overrides of MeshConfig fields. fit: overrides of the sampler's FitConfig fields.
     """
 
-    model: str = "zero123pp-v1.2"
+    model: str = DEFAULT_MODEL
     steps: int = 4
     seed: int = 0
     device: str = "auto"
@@ -352,7 +352,7 @@ def prepare_photos(posed: PosedSet, size: int) -> PosedSet:
 
 
 def anchors_of(photos: PosedSet, weight: float) -> list["Anchor"]:
-    from .sampling.aware import Anchor
+    from .sampling.anchors import Anchor
 
     assert photos.masks is not None
     return [Anchor(np.concatenate([i, m[..., None]], 2).astype(np.float32), c, weight, n)
@@ -391,17 +391,29 @@ def layout(photos: PosedSet, gen_cameras: Sequence[Camera], gen_reference: Camer
 
 
 # ---------------------------------------------------------------------------------------------
-# The job
+# The job: pose-refinement steps (replaceable through PoseRefiners), then complete()
 # ---------------------------------------------------------------------------------------------
 
+#: The note of a refinement that kept the input poses because the photos share no features.
+KEPT_NOTE = "input poses kept (the photos do not match each other)"
 
-def _refine_photos_first(posed: PosedSet, photos: PosedSet, progress, cancel) -> tuple[PosedSet, str | None]:
+#: Seeds of the fits after sampling, as offsets from ``CompleteConfig.seed``. The sampler's fits
+#: use the seed itself and its RVC corrections ``seed + k`` (k the step index), so the refit after
+#: the refinement, its RVC correction and the final fit each get a random stream of their own
+#: (initial points, view order). The values are arbitrary; the figures of docs/completion.md were
+#: measured with these, and changing one changes the results.
+REFIT_SEED_OFFSET = 17
+REFINED_RVC_SEED_OFFSET = 19
+FINAL_FIT_SEED_OFFSET = 23
+
+
+def refine_photos_first(posed: PosedSet, photos: PosedSet, progress, cancel) -> tuple[PosedSet, str | None]:
     """Before sampling: the photos' cameras refined against each other (engine/poses/sparse.py
     ``refine_photo_rig``: SIFT matches between the photos at up to REFINE_SIZE px, bundle
     adjustment with the centres held, the similarity back onto the input rig; a pose changes
     only where the photos' matches then agree better than at the input cameras). Returns the
     working-size photos at the refined cameras and a note, or ``photos`` and None when the photos
-    do not match (weak texture; then ``_refine_silhouettes`` or ``_refine`` may run after
+    do not match (weak texture; then the silhouette or the model-based step may run after
     sampling for the photos that kept their pose)."""
     from .poses.sparse import PhotoRigConfig, refine_photo_rig
 
@@ -419,19 +431,15 @@ def _refine_photos_first(posed: PosedSet, photos: PosedSet, progress, cancel) ->
     return PosedSet(cams, photos.images, photos.masks, photos.names, photos.meta), note
 
 
-def _refine(photos: PosedSet, splats, progress, cancel, *, fallback: bool = False) -> tuple[list[Camera], str]:
-    """After sampling, for photos that did not match each other (``_refine_photos_first``): with
-    ``fallback``, their cameras refined by render-match-PnP against ``splats``
-    (engine/poses/sparse.py ``refine_cameras_to_model``; views without reliable matches keep
-    their input pose); without it the input poses are kept. The model was fitted to the photos at
-    the input cameras and has absorbed their errors: measured on bench/sparse.py's Duck the PnP
-    made 4 photos worse (2.40 -> 3.77 and 2.19 -> 2.90 degrees after alignment), hence off by
-    default."""
+def refine_against_model(photos: PosedSet, splats, device: str, progress, cancel) -> tuple[list[Camera], str]:
+    """After sampling (``refine_fallback``), for photos that did not match each other: their
+    cameras refined by render-match-PnP against ``splats`` on ``device`` (engine/poses/sparse.py
+    ``refine_cameras_to_model``; views without reliable matches keep their input pose). The model
+    was fitted to the photos at the input cameras and has absorbed their errors, which is why the
+    step is off by default (docs/poses.md measures it on bench/sparse.py's Duck)."""
     from .poses.sparse import SparseRefineConfig, refine_cameras_to_model
 
-    if not fallback:
-        return list(photos.cameras), "input poses kept (the photos do not match each other)"
-    res = refine_cameras_to_model(photos, splats, SparseRefineConfig(), progress=progress, cancel=cancel)
+    res = refine_cameras_to_model(photos, splats, SparseRefineConfig(device=device), progress=progress, cancel=cancel)
     kept = sum(not v.reliable for v in res.views)
     return list(res.cameras), "refined" if not kept else f"refined ({kept} of {len(res.views)} kept their input pose)"
 
@@ -440,8 +448,8 @@ def _refine(photos: PosedSet, splats, progress, cancel, *, fallback: bool = Fals
 SILHOUETTE_SIZE = 256
 
 
-def _refine_silhouettes(posed: PosedSet, photos: PosedSet, lay: Layout, views: Sequence[np.ndarray],
-                        which: Sequence[int], progress, cancel) -> tuple[list[Camera], RigPlacement, str]:
+def refine_silhouette_frame(posed: PosedSet, photos: PosedSet, lay: Layout, views: Sequence[np.ndarray],
+                            which: Sequence[int], progress, cancel) -> tuple[list[Camera], RigPlacement, str]:
     """After sampling, photos ``which`` (not refined by features) refined by silhouette coherence
     against the reference photo plus the generated views at the rig (engine/poses/silhouette.py):
     the views were drawn for the reference photo, so with it they form a frame free of the other
@@ -472,25 +480,39 @@ def _refine_silhouettes(posed: PosedSet, photos: PosedSet, lay: Layout, views: S
     return out, pl, res.note
 
 
-def complete(
-    posed: PosedSet,
-    output: str | os.PathLike | None = None,
-    config: CompleteConfig = CompleteConfig(),
-    *,
-    generator: Any = None,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
-) -> CompleteResult:
-    """Photos with cameras -> a complete model in the cameras' frame (module docstring).
+@dataclass(frozen=True)
+class PoseRefiners:
+    """The pose-refinement steps of :func:`complete`, each replaceable (tests and benchmarks pass
+    stand-ins here instead of patching the module).
 
-    output: None (nothing written), a .glb (textured mesh) or a .ply (Gaussian splats); nothing is
-    written there on failure or cancel. generator: an already loaded generator (tests, benchmarks)
-    instead of ``config.model`` (loaded through the registry: missing weights raise a
-    DependencyError that says how to get them)."""
-    from .mvgen.base import load_generator
-    from .sampling.aware import SamplerConfig, fit_anchored, render_views, sample
-    from .sampling.rvc import RVCConfig, anchor_losses
+    before: ``(posed, photos, progress, cancel) -> (photos, note or None)``, the photos against
+        each other before sampling (``refine_cameras``); None as the note: nothing was refined.
+    against_model: ``(photos, splats, device, progress, cancel) -> (cameras, note)``, after
+        sampling against the model (``refine_fallback``).
+    silhouettes: ``(posed, photos, layout, views, which, progress, cancel) -> (cameras,
+        placement, note)``, after sampling by silhouette coherence (``refine_silhouettes``)."""
 
+    before: Callable[..., tuple[PosedSet, str | None]] = refine_photos_first
+    against_model: Callable[..., tuple[list[Camera], str]] = refine_against_model
+    silhouettes: Callable[..., tuple[list[Camera], RigPlacement, str]] = refine_silhouette_frame
+
+
+def after_sampling_step(config: CompleteConfig, first_note: str | None, unrefined: Sequence[int]) -> str | None:
+    """Which pose refinement follows sampling: "model" (``refine_fallback``, when the step before
+    sampling refined nothing), "silhouettes" (``refine_silhouettes`` without the fallback, when
+    photos other than the reference kept their input pose), "kept" (nothing refined and no step
+    to run: the input poses stay) or None (no refinement asked, or none needed)."""
+    if not config.refine_cameras:
+        return None
+    if config.refine_fallback:
+        return "model" if first_note is None else None
+    if config.refine_silhouettes and unrefined:
+        return "silhouettes"
+    return "kept" if first_note is None else None
+
+
+def _check_request(posed: Any, output, config: CompleteConfig) -> tuple[PosedSet, Path | None]:
+    """The photos and the output path checked before any work (InputError / OutputError)."""
     posed = _check_photos(posed)
     out = None
     if output is not None:
@@ -504,38 +526,113 @@ def complete(
             raise InputError("a .glb output needs the mesh stage", "set make_mesh=True or write .ply")
     if config.steps < 1:
         raise InputError(f"{config.steps} sampling steps", "use at least 1 step (4 is the default)")
+    return posed, out
+
+
+def _moved(a: Sequence[Camera], b: Sequence[Camera]) -> list[bool]:
+    return [not np.array_equal(x.world_to_camera, y.world_to_camera) for x, y in zip(a, b)]
+
+
+def _evaluate(splats, photos: PosedSet, anchors, device: str) -> dict[str, Any]:
+    """input_losses (RVC's losses at the anchors) and psnr_inputs (renders at the photos' cameras
+    against the photos, on white)."""
+    from .metrics import composite_on_white, psnr
+    from .sampling.aware import render_views
+    from .sampling.rvc import anchor_losses
+
+    losses = [round(x, 4) for x in anchor_losses(splats, anchors, device=device)]
+    renders = render_views(splats, photos.cameras, device=device)
+    return {"input_losses": losses,
+            "psnr_inputs": float(np.mean([psnr(composite_on_white(r[..., :3], r[..., 3]), composite_on_white(i, m))
+                                          for r, i, m in zip(renders, photos.images, photos.masks)]))}
+
+
+def _mesh_stage(splats, photos: PosedSet, lay: Layout, views: Sequence[np.ndarray], config: CompleteConfig,
+                device: str, name: str, progress, cancel):
+    """The mesh baked from the photos and the generated views at the rig (engine/mesh)."""
+    from .mesh.pipeline import MeshConfig, splats_to_mesh
+
+    rig = lay.placement.cameras
+    bake = PosedSet(list(photos.cameras) + list(rig),
+                    list(photos.images) + [np.ascontiguousarray(v[..., :3]) for v in views],
+                    list(photos.masks) + [np.ascontiguousarray(v[..., 3]) for v in views],
+                    list(photos.names) + [c.name or f"view{i}" for i, c in enumerate(rig)])
+    mcfg = replace(MeshConfig(faces=config.faces, texture_size=config.texture_size, device=device), **config.mesh)
+    return splats_to_mesh(splats, bake, mcfg, name=name, progress=progress, cancel=cancel)
+
+
+def _write(splats, mesh: Mesh | None, out: Path) -> None:
+    if out.suffix.lower() == ".ply":
+        from .splat.model import write_splat_ply
+
+        write_splat_ply(splats, out)
+    else:
+        from .io.mesh import write_mesh
+
+        assert mesh is not None
+        write_mesh(mesh, out)
+
+
+def complete(
+    posed: PosedSet,
+    output: str | os.PathLike | None = None,
+    config: CompleteConfig = CompleteConfig(),
+    *,
+    generator: Any = None,
+    refiners: PoseRefiners = PoseRefiners(),
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> CompleteResult:
+    """Photos with cameras -> a complete model in the cameras' frame (module docstring).
+
+    output: None (nothing written), a .glb (textured mesh) or a .ply (Gaussian splats); nothing is
+    written there on failure or cancel. generator: an already loaded generator (tests, benchmarks)
+    instead of ``config.model`` (loaded through the registry: missing weights raise a
+    DependencyError that says how to get them). refiners: the pose-refinement steps.
+    ``config.device`` is resolved once here and handed to every stage."""
+    from .device import resolve_device
+    from .mvgen.base import load_generator
+    from .sampling.aware import SamplerConfig, fit_anchored, sample
+    from .sampling.rvc import RVCConfig
+
+    posed, out = _check_request(posed, output, config)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     photos = prepare_photos(posed, int(config.photo_size))
     seconds["prepare"] = time.perf_counter() - t
     check(cancel)
+    device = str(resolve_device(config.device))
     t = time.perf_counter()
     gen = generator if generator is not None else load_generator(
-        config.model, device=config.device, allow_download=config.allow_download, progress=progress)
+        config.model, device=device, allow_download=config.allow_download, progress=progress)
     seconds["load_model"] = time.perf_counter() - t
     check(cancel)
+
+    # 1. the photos against each other first: sampling then uses consistent cameras
     refine_note = None
     refined = [False] * len(photos)
     warnings = [TWO_PHOTOS_WARNING] if config.refine_cameras and len(photos) == 2 else []
     for w in warnings:
         log.warning("%s", w)
-    if config.refine_cameras:  # the photos against each other first: sampling then uses consistent cameras
+    if config.refine_cameras:
         t = time.perf_counter()
         unrefined_cams = list(photos.cameras)
-        photos, refine_note = _refine_photos_first(posed, photos, progress, cancel)
-        refined = [not np.array_equal(a.world_to_camera, b.world_to_camera)
-                   for a, b in zip(photos.cameras, unrefined_cams)]
+        photos, refine_note = refiners.before(posed, photos, progress, cancel)
+        refined = _moved(photos.cameras, unrefined_cams)
         seconds["refine_cameras"] = time.perf_counter() - t
+
+    # 2. the rig placed, the views sampled
     lay = layout(photos, gen.cameras(), gen.reference_camera(), reference=config.reference, fill=config.fill)
     log.info("completion: %d photos, reference %s, centre %s (%s), rig scale %.3f", len(photos),
              photos.names[lay.reference], np.round(lay.centre, 3).tolist(), lay.centre_method, lay.placement.scale)
     anchors = anchors_of(photos, config.photo_weight)
     scfg = SamplerConfig(method="aware", steps=config.steps, seed=config.seed, fit_iterations=config.fit_iterations,
                          warm_iterations=config.warm_iterations, reference_weight=config.photo_weight)
-    scfg = replace(scfg, fit=replace(scfg.fit, device=config.device, **config.fit))
+    scfg = replace(scfg, fit=replace(scfg.fit, device=device, **config.fit))
     rvc = RVCConfig(strength=config.rvc_strength, steps=config.rvc_steps, t_max=config.rvc_t_max) if config.rvc else None
     unrefined = [j for j in range(len(photos)) if not refined[j] and j != lay.reference]
-    silhouettes = bool(config.refine_cameras and not config.refine_fallback and config.refine_silhouettes and unrefined)
+    after = after_sampling_step(config, refine_note, unrefined)
+    silhouettes = after == "silhouettes"
     # with the silhouette stage ahead, the views are sampled against the photos whose poses are
     # trusted only (the reference, the ones the features refined): the photos at wrong poses would
     # pull the views into disagreement with the reference, the frame the stage relies on
@@ -547,34 +644,34 @@ def complete(
                  rvc=None if silhouettes else rvc, progress=progress, cancel=cancel)
     seconds.update({f"sample_{k}": v for k, v in res.seconds.items() if k != "total"})
     splats, cams = res.splats, list(photos.cameras)
-    relayout = False
-    if config.refine_cameras and config.refine_fallback and refine_note is None:
-        t = time.perf_counter()
+
+    # 3. the poses refined after sampling
+    t_after = time.perf_counter()
+    if after == "model":
         # the refinement matches features: it gets the photos at up to REFINE_SIZE px, not the fit's size
         sharp = prepare_photos(posed, REFINE_SIZE) if REFINE_SIZE > config.photo_size else photos
-        new, refine_note = _refine(sharp, splats, progress, cancel, fallback=True)
+        new, refine_note = refiners.against_model(sharp, splats, device, progress, cancel)
         cams = [c.resized(p.width, p.height) for c, p in zip(new, photos.cameras)]
-        relayout = True
-    elif silhouettes:
-        t = time.perf_counter()
-        cams, placement, note = _refine_silhouettes(posed, photos, lay, res.views, unrefined, progress, cancel)
+    elif after == "silhouettes":
+        cams, placement, note = refiners.silhouettes(posed, photos, lay, res.views, unrefined, progress, cancel)
         lay = replace(lay, placement=placement, centre=placement.centre)
         refine_note = note if refine_note is None else f"{refine_note}; {note}"
-        seconds["refine_silhouettes"] = time.perf_counter() - t
-    elif config.refine_cameras and refine_note is None:
-        refine_note = "input poses kept (the photos do not match each other)"
-    moved = any(not np.array_equal(a.world_to_camera, b.world_to_camera) for a, b in zip(cams, photos.cameras))
+        seconds["refine_silhouettes"] = time.perf_counter() - t_after
+    elif after == "kept":
+        refine_note = KEPT_NOTE
     # the model ends with one more warm fit of the views + photos: without RVC for the budget of
     # RVC's final fit (CompleteConfig.final_fit); with RVC corrected after the refinement below, as
     # the sampler does after a last-step correction, from R* (RVCConfig.final_fit). With RVC in the
     # sampler, the sampler did it.
     final_fit = rvc is None and config.final_fit
-    # the refit also runs when the silhouette stage kept every pose: the views were then sampled
-    # without the photos it was to refine, and the model must still hold every photo
-    if config.refine_cameras and (moved or silhouettes):
+
+    # 4. the model refitted at the refined cameras; it also runs when the silhouette stage kept
+    # every pose: the views were then sampled without the photos it was to refine, and the model
+    # must still hold every photo
+    if after in ("model", "silhouettes") and (any(_moved(cams, photos.cameras)) or silhouettes):
         photos = PosedSet(cams, photos.images, photos.masks, photos.names, photos.meta)
         anchors = anchors_of(photos, config.photo_weight)
-        if relayout:
+        if after == "model":
             # the generator drew its views for the reference photo's true pose: re-place the rig
             # from the refined reference camera (the PnP may move it). The silhouette stage keeps
             # the reference and moves the rig itself (its frame matched to the reference photo):
@@ -584,51 +681,39 @@ def complete(
         # recovers too slowly)
         splats = fit_anchored(res.views, lay.placement.cameras, anchors,
                               iterations=config.fit_iterations + config.warm_iterations, init=None, config=scfg,
-                              seed=config.seed + 17, cancel=cancel)
+                              seed=config.seed + REFIT_SEED_OFFSET, cancel=cancel)
         if rvc is not None:  # the final correction against the photos at their refined cameras
             from .sampling.rvc import compensate
 
-            comp = compensate(splats, anchors, lay.placement.cameras, rvc, fit=scfg.fit, seed=config.seed + 19,
-                              cancel=cancel)
+            comp = compensate(splats, anchors, lay.placement.cameras, rvc, fit=scfg.fit,
+                              seed=config.seed + REFINED_RVC_SEED_OFFSET, cancel=cancel)
             splats = comp.splats
             res.rvc.append({"t": 0, "after_refinement": True, **comp.report()})
             final_fit = rvc.final_fit
-        seconds["refine_cameras_after"] = time.perf_counter() - t
+        seconds["refine_cameras_after"] = time.perf_counter() - t_after
+
+    # 5. the final warm fit
     if final_fit:
         t = time.perf_counter()
         splats = fit_anchored(res.views, lay.placement.cameras, anchors, iterations=config.warm_iterations,
-                              init=splats, config=scfg, seed=config.seed + 23, cancel=cancel)
+                              init=splats, config=scfg, seed=config.seed + FINAL_FIT_SEED_OFFSET, cancel=cancel)
         seconds["final_fit"] = time.perf_counter() - t
     check(cancel)
+
+    # 6. metrics, mesh, output
     metrics: dict[str, Any] = {
         "generator": gen.info.id, "steps": config.steps, "generator_evals": res.evaluations,
         "photos": len(photos), "reference": photos.names[lay.reference], "centre": np.round(lay.centre, 4).tolist(),
         "centre_method": lay.centre_method, "rig_scale": round(lay.placement.scale, 5), "rvc": res.rvc,
         "rvc_enabled": bool(config.rvc), "num_gaussians": splats.num, "cameras_refined": refine_note,
         "warnings": warnings,
-        "input_losses": [round(x, 4) for x in anchor_losses(splats, anchors, device=scfg.fit.device)],
     }
-    from .metrics import composite_on_white, psnr
-
-    renders = render_views(splats, photos.cameras, device=scfg.fit.device)
-    metrics["psnr_inputs"] = float(np.mean([psnr(composite_on_white(r[..., :3], r[..., 3]),
-                                                 composite_on_white(i, m))
-                                            for r, i, m in zip(renders, photos.images, photos.masks)]))
+    metrics.update(_evaluate(splats, photos, anchors, device))
     mesh = None
     if config.make_mesh:
-        from .mesh.pipeline import MeshConfig, splats_to_mesh
-
         t = time.perf_counter()
-        views = res.views
-        rig = lay.placement.cameras
-        bake = PosedSet(list(photos.cameras) + list(rig),
-                        list(photos.images) + [np.ascontiguousarray(v[..., :3]) for v in views],
-                        list(photos.masks) + [np.ascontiguousarray(v[..., 3]) for v in views],
-                        list(photos.names) + [c.name or f"view{i}" for i, c in enumerate(rig)])
-        mcfg = replace(MeshConfig(faces=config.faces, texture_size=config.texture_size, device=config.device),
-                       **config.mesh)
         name = out.stem if out is not None else "viewforge_completion"
-        mres = splats_to_mesh(splats, bake, mcfg, name=name, progress=progress, cancel=cancel)
+        mres = _mesh_stage(splats, photos, lay, res.views, config, device, name, progress, cancel)
         mesh = mres.mesh
         seconds.update({f"mesh_{k}": v for k, v in mres.seconds.items()})
         seconds["mesh"] = time.perf_counter() - t
@@ -636,14 +721,6 @@ def complete(
     metrics["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     check(cancel)
     if out is not None:
-        if out.suffix.lower() == ".ply":
-            from .splat.model import write_splat_ply
-
-            write_splat_ply(splats, out)
-        else:
-            from .io.mesh import write_mesh
-
-            assert mesh is not None
-            write_mesh(mesh, out)
+        _write(splats, mesh, out)
     report(progress, "complete", 1, 1, "done")
     return CompleteResult(splats, mesh, cams, lay.placement, lay.reference, res.views, photos, out, metrics)

@@ -21,6 +21,7 @@ import numpy as np
 from .errors import InputError, OutputError
 from .io.atomic import atomic_file, check_output_path
 from .io.types import Mesh, PosedSet
+from .mvgen import DEFAULT_MODEL
 from .progress import CancelToken, ProgressCallback, check
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ GENERATE_SUFFIXES = (".glb", ".ply")
 class GenerateConfig:
     """Settings of :func:`generate`.
 
-    model: generator registry id or local model folder (default "zero123pp-v1.2").
+    model: generator registry id or local model folder (default DEFAULT_MODEL, Zero123++ v1.2).
     steps: sampling steps K (default 4; with guidance 2 network evaluations each).
     method: "aware" (default: 3D-aware sampling), "oneshot" or "im3d" (engine/sampling/aware.py).
     seed: noise seed. device: "auto", "cpu", "cuda" or "mps".
@@ -49,7 +50,7 @@ class GenerateConfig:
     fit: overrides of the sampler's :class:`~viewforge.engine.splat.fit.FitConfig` fields.
     """
 
-    model: str = "zero123pp-v1.2"
+    model: str = DEFAULT_MODEL
     steps: int = 4
     method: Literal["aware", "oneshot", "im3d"] = "aware"
     seed: int = 0
@@ -102,6 +103,7 @@ def generate(
     """One image -> ``output`` (.glb textured mesh, or .ply Gaussian splats). ``generator``: an
     already loaded generator (tests, benchmarks) instead of ``config.model``. Nothing is written
     at ``output`` on failure or cancel."""
+    from .device import resolve_device
     from .mesh.pipeline import MeshConfig, splats_to_mesh
     from .mvgen.base import load_generator
     from .mvgen.prep import PrepConfig, prepare_image
@@ -128,14 +130,15 @@ def generate(
     cond = prepare_image(image, PrepConfig(size=int(info.condition_size), fill=float(info.condition_fill)))
     seconds["prepare"] = time.perf_counter() - t
     check(cancel)
+    device = str(resolve_device(config.device))  # once per job, handed to every stage
     t = time.perf_counter()
     gen = generator if generator is not None else load_generator(
-        config.model, device=config.device, allow_download=config.allow_download, progress=progress)
+        config.model, device=device, allow_download=config.allow_download, progress=progress)
     seconds["load_model"] = time.perf_counter() - t
     check(cancel)
     scfg = SamplerConfig(method=config.method, steps=config.steps, seed=config.seed,
                          input_elevation=float(config.input_elevation), fit_iterations=config.fit_iterations, warm_iterations=config.warm_iterations)
-    scfg = replace(scfg, fit=replace(scfg.fit, device=config.device, **config.fit))
+    scfg = replace(scfg, fit=replace(scfg.fit, device=device, **config.fit))
     res = sample(gen, cond, scfg, progress=progress, cancel=cancel)
     seconds.update({f"sample_{k}": v for k, v in res.seconds.items() if k != "total"})
     metrics: dict[str, Any] = {"generator": gen.info.id, "method": config.method, "steps": config.steps,
@@ -154,7 +157,7 @@ def generate(
         photos = PosedSet(list(res.cameras) + [res.reference_camera],
                           [np.ascontiguousarray(v[..., :3]) for v in views] + [np.ascontiguousarray(ref[..., :3])],
                           [np.ascontiguousarray(v[..., 3]) for v in views] + [np.ascontiguousarray(ref[..., 3])])
-        mcfg = replace(MeshConfig(faces=config.faces, texture_size=config.texture_size, device=config.device),
+        mcfg = replace(MeshConfig(faces=config.faces, texture_size=config.texture_size, device=device),
                        **config.mesh)
         mres = splats_to_mesh(res.splats, photos, mcfg, name=_name(image), progress=progress, cancel=cancel)
         mesh = place_on_ground(mres.mesh, config.size)

@@ -18,6 +18,7 @@ from .errors import InputError, OutputError
 from .io.atomic import atomic_file, check_output_path
 from .io.formats import IMAGE_SUFFIXES
 from .io.types import PosedSet
+from .mvgen import DEFAULT_MODEL
 from .presets import completion_iterations
 from .progress import CancelToken, ProgressCallback, check
 
@@ -65,7 +66,7 @@ class ReconConfig:
     gt_mesh: str | None = None
     mesh: dict[str, Any] = field(default_factory=dict)
     complete: str = "auto"
-    model: str = "zero123pp-v1.2"
+    model: str = DEFAULT_MODEL
     allow_download: bool = False
     rvc: bool = True
 

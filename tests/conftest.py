@@ -74,7 +74,7 @@ def python_exe() -> str:
 def tiny_model(tmp_path_factory):
     """A tiny randomly initialised Zero123++ checkpoint saved like the real one (loads through the
     real loading code as ``model=str(path)``)."""
-    from viewforge.engine.mvgen.zero123pp import save_tiny
+    from tiny_models import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("tiny_zero123pp"), seed=0)
 

@@ -139,7 +139,7 @@ def test_batch_generates_from_images(tmp_path):
     Zero123++ saved to a temp folder; the mesh stands on z = 0."""
     from viewforge.engine.images import save_png
     from viewforge.engine.io.mesh import read_mesh
-    from viewforge.engine.mvgen.zero123pp import save_tiny
+    from tiny_models import save_tiny
 
     import numpy as np
 

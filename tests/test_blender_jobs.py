@@ -228,7 +228,7 @@ def _generate_settings(bpy, tmp_path: Path, model: str):
 def test_generate_operator_imports_at_the_3d_cursor(registered, tmp_path):
     """A tiny Zero123++ saved to a folder, the settings point at it: the operator (background mode)
     adds one textured mesh whose bounding box stands on the 3D cursor; one undo removes it."""
-    from viewforge.engine.mvgen.zero123pp import save_tiny
+    from tiny_models import save_tiny
 
     bpy = registered
     model = save_tiny(tmp_path / "tiny", seed=0)

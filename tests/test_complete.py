@@ -159,7 +159,7 @@ def test_tiny_zero123pp_completion_to_textured_glb(tiny_model, scene, tmp_path):
     assert geom.visual.material.baseColorTexture.size == (128, 128)
 
 
-def test_refined_cameras_re_place_the_rig(scene, monkeypatch):
+def test_refined_cameras_re_place_the_rig(scene):
     """With refine_cameras and the model-based fallback, the refined cameras are used and the rig is
     re-placed from the refined reference camera (here a stand-in refinement that returns the true
     cameras)."""
@@ -170,11 +170,12 @@ def test_refined_cameras_re_place_the_rig(scene, monkeypatch):
 
     m, rig, ref, posed = scene
     bad = PosedSet(perturb_cameras(posed.cameras, 3.0, 0.0, seed=0), posed.images, posed.masks, posed.names)
-    monkeypatch.setattr(C, "_refine_photos_first", lambda posed, photos, progress, cancel: (photos, None))
-    monkeypatch.setattr(C, "_refine", lambda photos, splats, progress, cancel, **kw: (list(posed.cameras), "refined"))
+    stand_in = C.PoseRefiners(before=lambda posed, photos, progress, cancel: (photos, None),
+                              against_model=lambda photos, splats, device, progress, cancel: (list(posed.cameras),
+                                                                                              "refined"))
     orc = PerturbedOracle.for_photos(m, posed, rig, ref)
     res = C.complete(bad, None, C.CompleteConfig(refine_cameras=True, refine_fallback=True, make_mesh=False, **FAST),
-                     generator=orc)
+                     generator=orc, refiners=stand_in)
     assert rotation_errors(res.cameras, posed.cameras)[0] < 1e-6 < rotation_errors(bad.cameras, posed.cameras)[0]
     assert np.allclose(res.rig.reference.center, posed.cameras[res.reference].center, atol=1e-9)
     true_rig = C.layout(C.prepare_photos(posed, 256), rig, ref).placement.cameras
@@ -186,7 +187,6 @@ def test_refined_cameras_re_place_the_rig(scene, monkeypatch):
     from viewforge.engine.mvgen.oracle import render_rgba
     from viewforge.engine.sampling.aware import render_views
 
-    monkeypatch.undo()
     stay = C.complete(bad, None, C.CompleteConfig(make_mesh=False, **FAST), generator=orc)
     assert stay.metrics["warnings"] == []  # the cameras were not refined: nothing to warn about
     around = [orbit_camera(a, 15, 4.5, 30, SIZE) for a in range(0, 360, 45)]
@@ -200,6 +200,28 @@ def test_refined_cameras_re_place_the_rig(scene, monkeypatch):
     assert score(res.splats) > score(stay.splats) + 1.0
 
 
+def test_the_jobs_device_reaches_the_refinement_against_the_model(scene, monkeypatch):
+    """CompleteConfig.device is handed to the model-based pose refinement (its SparseRefineConfig),
+    not left at that config's default ("auto")."""
+    import viewforge.engine.complete as C
+    import viewforge.engine.poses.sparse as sparse
+    from viewforge.engine.mvgen.oracle import PerturbedOracle
+
+    m, rig, ref, posed = scene
+    seen = []
+
+    def stand_in(photos, splats, config, **kw):
+        seen.append(config)
+        return sparse.SparseRefineResult(list(photos.cameras), [])
+
+    monkeypatch.setattr(sparse, "refine_cameras_to_model", stand_in)
+    orc = PerturbedOracle.for_photos(m, posed, rig, ref)
+    fast = dict(FAST, fit_iterations=20, warm_iterations=10, steps=1, rvc=False, final_fit=False)
+    C.complete(posed, None, C.CompleteConfig(refine_cameras=True, refine_fallback=True, make_mesh=False, **fast),
+               generator=orc, refiners=C.PoseRefiners(before=lambda posed, photos, progress, cancel: (photos, None)))
+    assert [c.device for c in seen] == ["cpu"]
+
+
 def test_refinement_keeps_the_poses_when_the_photos_do_not_match(scene):
     """The real refinement on photos that share no features (flat colour): no pose changes before
     sampling (None: nothing refined) nor after it without the fallback, which needs no model."""
@@ -211,14 +233,14 @@ def test_refinement_keeps_the_poses_when_the_photos_do_not_match(scene):
     bad = perturb_cameras(posed.cameras, 3.0, 0.0, seed=0)
     flat = PosedSet(bad, [np.full_like(i, 0.7) for i in posed.images], posed.masks, posed.names)
     photos = C.prepare_photos(flat, 256)
-    same, note = C._refine_photos_first(flat, photos, None, None)
+    same, note = C.refine_photos_first(flat, photos, None, None)
     assert same is photos and note is None
-    cams, note = C._refine(photos, None, None, None)
-    assert all(np.array_equal(a.world_to_camera, b.world_to_camera) for a, b in zip(cams, bad))
-    assert note.startswith("input poses kept")
+    # ... and without the fallback nothing runs after sampling: the input poses are kept
+    assert C.after_sampling_step(C.CompleteConfig(refine_cameras=True, refine_silhouettes=False), note, [1]) == "kept"
+    assert C.KEPT_NOTE.startswith("input poses kept")
 
 
-def test_photos_refined_against_each_other_before_sampling(monkeypatch):
+def test_photos_refined_against_each_other_before_sampling():
     """With photos that match (the textured spheres of tests/helpers.py, 3 photos from one
     side, 3 degree errors) the first stage refines them at the working size; the model-based
     fallback is not called."""
@@ -232,9 +254,8 @@ def test_photos_refined_against_each_other_before_sampling(monkeypatch):
     shots = [render_spheres(c) for c in true]
     bad = PosedSet(perturb_cameras(true, 3.0, 0.0, seed=1), [s[0] for s in shots], [s[1] for s in shots],
                    [c.name for c in true])
-    monkeypatch.setattr(C, "_refine", lambda *a, **kw: pytest.fail("the fallback ran"))
     photos = C.prepare_photos(bad, 128)  # working size below REFINE_SIZE: the stage matches at 256
-    refined, note = C._refine_photos_first(bad, photos, None, None)
+    refined, note = C.refine_photos_first(bad, photos, None, None)
     assert note == "refined against each other"
     assert [c.width for c in refined.cameras] == [128] * 3 and refined.images is photos.images
     assert rotation_errors(refined.cameras, true)[1] < 0.3 < rotation_errors(bad.cameras, true)[1]

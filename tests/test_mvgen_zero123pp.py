@@ -18,13 +18,15 @@ from viewforge.engine.errors import Cancelled, DependencyError, InputError  # no
 from viewforge.engine.mvgen import base, zero123pp  # noqa: E402
 from viewforge.engine.progress import CancelToken  # noqa: E402
 
+from tiny_models import save_tiny  # noqa: E402
+
 torch.set_num_threads(2)
 VIEW = 16  # tiny views; the real model's are 320
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return zero123pp.save_tiny(tmp_path_factory.mktemp("z123") / "tiny", seed=0, view_size=VIEW)
+    return save_tiny(tmp_path_factory.mktemp("z123") / "tiny", seed=0, view_size=VIEW)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,12 @@ def _image(color=(1.0, 0.0, 0.0), size=24) -> base.ConditionImage:
 @pytest.fixture(scope="module")
 def cond(gen):
     return gen.condition(_image())
+
+
+def test_the_default_model_is_a_registry_id():
+    from viewforge.engine.mvgen import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL in base.builtins() and base.DEFAULT_MODEL == DEFAULT_MODEL
 
 
 def test_registry_entry_states_licence_pin_and_size():

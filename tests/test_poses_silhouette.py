@@ -137,7 +137,7 @@ def test_no_photo_moves_when_nothing_is_wrong():
     assert res.cost_before[1] < 0.6  # coherent already: nothing to gain
 
 
-def test_complete_refines_unmatched_photos_by_silhouettes(monkeypatch):
+def test_complete_refines_unmatched_photos_by_silhouettes():
     """In completion (engine/complete.py): photos that the feature stage could not refine (here it
     is stubbed to find nothing) are moved by the silhouette stage after sampling; the reference
     photo keeps its camera, the rig moves with the views' frame, the model is refitted."""
@@ -156,12 +156,13 @@ def test_complete_refines_unmatched_photos_by_silhouettes(monkeypatch):
     true = [orbit_camera(a, 10, 4.0, 35, 128, name=f"p{a}") for a in (-25, 25)]
     rend = [render_rgba(m, c) for c in true]
     bad = PosedSet(perturb_cameras(true, 3.0, 0.0, seed=1), [r[..., :3] for r in rend], [r[..., 3] for r in rend])
-    monkeypatch.setattr(C, "_refine_photos_first", lambda posed, photos, progress, cancel: (photos, None))
-    monkeypatch.setattr(C, "_refine", lambda *a, **kw: pytest.fail("the model-based fallback ran"))
+    # the feature stage stubbed to find nothing; the model-based fallback must not run
+    stubs = C.PoseRefiners(before=lambda posed, photos, progress, cancel: (photos, None),
+                           against_model=lambda *a, **kw: pytest.fail("the model-based fallback ran"))
     orc = PerturbedOracle.for_photos(m, PosedSet(true, bad.images, bad.masks), rig, ref, photo_size=128)
     fast = dict(device="cpu", fit_iterations=60, warm_iterations=20, photo_size=128, make_mesh=False, rvc=False,
                 fit={"init_points": 1000, "refine_start": 30, "refine_every": 20, "sh_degree": 0})
-    res = C.complete(bad, None, C.CompleteConfig(refine_cameras=True, **fast), generator=orc)
+    res = C.complete(bad, None, C.CompleteConfig(refine_cameras=True, **fast), generator=orc, refiners=stubs)
     note = res.metrics["cameras_refined"]
     assert note.startswith("silhouettes: 1 of 1 photos moved"), note
     r = res.reference
@@ -175,12 +176,13 @@ def test_complete_refines_unmatched_photos_by_silhouettes(monkeypatch):
     assert after < 0.87 * before, (before, after, note)  # measured 1.66 -> 1.13 to 1.36 over the fit's seeds
     assert "refine_cameras_after" in res.metrics["seconds"]
     # off by the flag: the poses are kept
-    kept = C.complete(bad, None, C.CompleteConfig(refine_cameras=True, refine_silhouettes=False, **fast), generator=orc)
+    kept = C.complete(bad, None, C.CompleteConfig(refine_cameras=True, refine_silhouettes=False, **fast), generator=orc,
+                      refiners=stubs)
     assert kept.metrics["cameras_refined"].startswith("input poses kept")
     assert all(np.array_equal(a.world_to_camera, b.world_to_camera) for a, b in zip(kept.cameras, bad.cameras))
     # exact cameras: the stage keeps (or barely moves) the poses, and the model is still refitted
     # with every photo (the views were sampled against the reference alone)
     exact = PosedSet(true, bad.images, bad.masks)
-    ok = C.complete(exact, None, C.CompleteConfig(refine_cameras=True, **fast), generator=orc)
+    ok = C.complete(exact, None, C.CompleteConfig(refine_cameras=True, **fast), generator=orc, refiners=stubs)
     assert "refine_cameras_after" in ok.metrics["seconds"], ok.metrics["cameras_refined"]
     assert rotation_errors(ok.cameras, true)[0] < 0.5, ok.metrics["cameras_refined"]

@@ -23,7 +23,7 @@ def setup():
     from viewforge.engine.io.types import Mesh
     from viewforge.engine.mesh.evaluate import normalisation
     from viewforge.engine.mvgen.oracle import OracleConfig, PerturbedOracle, render_rgba
-    from viewforge.engine.sampling.aware import Anchor
+    from viewforge.engine.sampling.anchors import Anchor
 
     m = demo_mesh(DemoConfig(segments=32, rings=20, texture_size=256))
     s, off = normalisation(m)
@@ -87,7 +87,7 @@ def test_rvc_lowers_the_input_view_loss(setup):
 
 
 def test_unreliable_view_is_dropped(setup, base):
-    from viewforge.engine.sampling.aware import Anchor
+    from viewforge.engine.sampling.anchors import Anchor
     from viewforge.engine.sampling.rvc import RVCConfig, compensate
 
     m, orc, anchors = setup

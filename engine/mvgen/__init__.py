@@ -7,3 +7,8 @@ PerturbedOracle testbed: ground-truth renders with view-inconsistent distortions
 ``prep``: input-image preparation (alpha, background matting, recentring).
 Heavy imports (torch, diffusers, transformers) happen inside the backends.
 """
+
+#: The generator used when none is named (jobs, the command line, the add-on): a registry id
+#: (Zero123++ v1.2, engine/mvgen/zero123pp.py). Kept here, free of imports, so the command line
+#: can name it without loading the registry.
+DEFAULT_MODEL = "zero123pp-v1.2"

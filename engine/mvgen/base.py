@@ -32,6 +32,7 @@ import numpy as np
 
 from ..cameras import Camera, look_at
 from ..errors import InputError
+from . import DEFAULT_MODEL  # noqa: F401  (the registry's default, re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -301,5 +302,3 @@ def load_generator(model: str, *, device: str = "auto", **kwargs: Any) -> MultiV
     entry = resolve(model)
     return _import(entry.loader)(model, device=device, **kwargs)
 
-
-DEFAULT_MODEL = "zero123pp-v1.2"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import DependencyError, InputError
 from ..progress import ProgressCallback, report
@@ -178,7 +177,3 @@ def read_marker(folder: Path) -> dict:
         return dict(json.loads(path.read_text()))
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {path}: {exc}", "write {\"generator\": \"<id>\"} into it") from exc
-
-
-def safetensors_files(folder: Path) -> Sequence[Path]:
-    return sorted(Path(folder).rglob("*.safetensors"))

@@ -678,27 +678,6 @@ def _write_tiny_tokenizer(folder: Path, max_length: int) -> None:
         "pad_token": "!"}, indent=1))
 
 
-def save_tiny(path: str | Path, seed: int = 0, view_size: int = 16) -> Path:
-    """Save a tiny, randomly initialised Zero123++ of the same architecture and folder layout
-    (UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPVisionModelWithProjection, a
-    CLIP tokenizer with a 56-token vocabulary, the scheduler and preprocessor configs, the
-    marker) as safetensors; views are ``view_size`` px (the VAE downsamples by 2)."""
-    dim = 32
-    unet = dict(sample_size=GRID_COLS * view_size // 2, in_channels=4, out_channels=4, layers_per_block=1,
-                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=dim, attention_head_dim=(2, 4),
-                use_linear_projection=True, norm_num_groups=8)
-    vae = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-               up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-               latent_channels=4, norm_num_groups=4, sample_size=view_size)
-    text = dict(vocab_size=56, hidden_size=dim, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=77, projection_dim=dim, pad_token_id=0, bos_token_id=54, eos_token_id=55,
-                hidden_act="gelu")
-    vision = dict(hidden_size=dim, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                  patch_size=8, projection_dim=dim, hidden_act="gelu")
-    return _save_random(Path(path), seed, view_size, unet, vae, text, vision, clip_size=32, vae_size=view_size)
-
-
 #: The shapes of the real v1.2 components (an SD2 UNet and SD VAE, OpenCLIP-H text and vision
 #: encoders; the parameter counts are those of v1.2's files): :func:`save_full_random`.
 FULL_UNET = dict(sample_size=96, in_channels=4, out_channels=4, layers_per_block=2,
@@ -722,12 +701,16 @@ def save_full_random(path: str | Path, seed: int = 0, dtype: str = "float16") ->
     safetensors (about 3.8 GB in float16). Random weights make its output meaningless but its
     compute that of the real model: for timings (bench/gpu.py). The tokenizer is the tiny one
     (the empty prompt's 77 positions are all that is encoded)."""
-    return _save_random(Path(path), seed, 320, FULL_UNET, FULL_VAE, FULL_TEXT, FULL_VISION, clip_size=224,
+    return save_random(Path(path), seed, 320, FULL_UNET, FULL_VAE, FULL_TEXT, FULL_VISION, clip_size=224,
                         vae_size=512, dtype=dtype)
 
 
-def _save_random(folder: Path, seed: int, view_size: int, unet_cfg: dict, vae_cfg: dict, text_cfg: dict,
-                 vision_cfg: dict, *, clip_size: int, vae_size: int, dtype: str = "float32") -> Path:
+def save_random(folder: Path, seed: int, view_size: int, unet_cfg: dict, vae_cfg: dict, text_cfg: dict,
+                vision_cfg: dict, *, clip_size: int, vae_size: int, dtype: str = "float32") -> Path:
+    """Save a randomly initialised Zero123++ of the given component configs (UNet2DConditionModel,
+    AutoencoderKL, CLIPTextModel, CLIPVisionModelWithProjection keyword arguments) in the real
+    folder layout: a tiny CLIP tokenizer, the scheduler and preprocessor configs (CLIP at
+    ``clip_size``, VAE at ``vae_size``), the marker with ``view_size``; ``dtype`` safetensors."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection

@@ -1,5 +1,5 @@
-"""Few-step multi-view sampling with 3D reconstruction in the loop (seed 000) or between rounds
-(seed 002), on any :class:`~viewforge.engine.mvgen.base.MultiViewGenerator`.
+"""Few-step multi-view sampling with 3D reconstruction in the loop (AlignCVC) or between rounds
+(IM-3D), on any :class:`~viewforge.engine.mvgen.base.MultiViewGenerator`.
 
 Notation (docs/generation.md has the derivation): ``x_t = a_t x0 + s_t eps`` (the generator's
 :class:`~viewforge.engine.mvgen.base.NoiseSchedule`), K descending timesteps ``t_1 > ... > t_K``
@@ -39,6 +39,7 @@ from ..cameras import Camera
 from ..errors import InputError
 from ..progress import CancelToken, ProgressCallback, ProgressEvent, check, report
 from ..splat.fit import FitConfig
+from .anchors import Anchor
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -90,24 +91,6 @@ class SamplerConfig:
     fit: FitConfig = SAMPLER_FIT
     seed: int = 0
     input_elevation: float = 0.0
-
-
-@dataclass(frozen=True, eq=False)
-class Anchor:
-    """A view the sampler's fits must honour: (H, W, 4) straight RGBA ``rgba`` at ``camera``
-    (any size; the camera's size must match), visited ``weight`` times as often as a generated
-    view (None: the config's ``reference_weight``). name: for messages and RVC reports."""
-
-    rgba: np.ndarray
-    camera: Camera
-    weight: float | None = None
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        a = np.asarray(self.rgba)
-        if a.ndim != 3 or a.shape[2] != 4 or a.shape[:2] != (self.camera.height, self.camera.width):
-            raise InputError(f"anchor {self.name or ''} has shape {a.shape} for a {self.camera.width}x"
-                             f"{self.camera.height} camera", "give (H, W, 4) RGBA at the camera's size")
 
 
 @dataclass

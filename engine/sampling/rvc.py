@@ -1,4 +1,4 @@
-"""Rendering-aware velocity compensation (RVC, seed 001 ReconViaGen) for multi-view samplers.
+"""Rendering-aware velocity compensation (RVC, after ReconViaGen) for multi-view samplers.
 
 The paper corrects the predicted velocity of a 3D latent with the gradient of a rendering loss at
 the input cameras: ``v' = v + lambda dv``, ``dv = -d L / d x0``, for ``t < 0.5``, dropping input
@@ -23,8 +23,8 @@ derivation):
    paper's ``x0 + lambda dv`` with the gradient in per-pixel units; the proximal form is the one
    that stays stable for any lambda. Holding the model at the rig alone left it free between the
    rig's six views, and the optimiser used that freedom: Gaussians off the surface, seen by no
-   rig view, grew opaque to fit the photos (floaters, -2.2 dB at a held-out camera; docs/
-   completion.md). The squared norm weighs the high band of each holding view (the render
+   rig view, grew opaque to fit the photos (floaters at held-out cameras; docs/completion.md).
+   The squared norm weighs the high band of each holding view (the render
    minus its Gaussian blur of std ``detail_sigma`` = 1.5 px) ``1 + detail_weight`` (21) times
    the low band: the photos are sharp but the model is not registered to the pixel, so detail
    finer than that, pasted from the photos, lands slightly off in every other view; the coarse
@@ -54,7 +54,7 @@ from ..progress import CancelToken, ProgressCallback, check, report
 if TYPE_CHECKING:  # pragma: no cover
     from ..splat.fit import FitConfig
     from ..splat.model import Splats
-    from .aware import Anchor
+    from .anchors import Anchor
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,9 @@ class RVCConfig:
     lpips_weight: weight of LPIPS, used only where its weights are installed (never here:
         they are not shipped and never downloaded, so the term is off).
     lr_means: learning rate of the Gaussians' means (x scene scale) in the proximal problem; None
-        (default): the fit's initial ``lr_means`` (measured on Duck, 4 photos, with the model held
-        at the rig only: the middle of the fit's decay, 10x lower, gave less at the inputs, +1.0
-        dB, and lost more held-out, -0.56 dB; the appearance alone, means, scales and rotations
-        frozen: +0.1 and -0.47 dB). The other parameters use the fit's rates.
+        (default): the fit's initial ``lr_means`` (lower rates and the appearance alone gained
+        less at the inputs and lost more held-out: docs/completion.md, "RVC's defaults"). The
+        other parameters use the fit's rates.
     prox_views: cameras on a sphere around the object, besides the rig's, at which the proximal
         term holds the model to its renders before the correction (default 16; 0: the rig only,
         which let floaters between the rig's views grow: module docstring).
@@ -86,9 +85,8 @@ class RVCConfig:
     detail_weight, detail_sigma: the proximal term holds the high band of the holding views
         (the render minus its Gaussian blur of std ``detail_sigma`` px) with ``1 + detail_weight``
         times the weight of the low band (default 20, 1.5 px): detail finer than the model's
-        registration is held, the coarse appearance corrected; 0: one weight for all bands. (100
-        until session 7; against the budget-matched baseline 20 gives +0.4 to +1.0 dB more at the
-        inputs for the same held-out, docs/completion.md.)
+        registration is held, the coarse appearance corrected; 0: one weight for all bands
+        (docs/completion.md, "RVC's defaults", compares 20 with 100).
     """
 
     strength: float = 0.1
