@@ -111,13 +111,12 @@ def test_rvc_settings_window_and_errors(setup):
     import torch
 
     from viewforge.engine.sampling.aware import sample
-    from viewforge.engine.sampling.rvc import RVCConfig, lpips_available, view_loss
+    from viewforge.engine.sampling.rvc import RVCConfig, view_loss
 
     cfg = RVCConfig()
     assert (cfg.strength, cfg.t_max, cfg.max_loss) == (0.1, 0.5, 0.8)
     assert cfg.active(499, 1000) and cfg.active(249, 1000) and not cfg.active(500, 1000)
     assert not cfg.active(749, 1000) and not RVCConfig(strength=0.0).active(10, 1000)
-    assert not lpips_available()  # no LPIPS weights are shipped: the term is off
     x = torch.rand(32, 32, 3)
     assert float(view_loss(x, x)) < 1e-6
     assert float(view_loss(x, 1 - x)) > 0.8
@@ -204,7 +203,7 @@ def test_detail_hold_keeps_the_fine_band_at_the_holding_views(setup, base):
 
     m, orc, anchors = setup
     hold = shell_cameras(orc.cameras(), 16)
-    blur = _gaussian_blur(1.5, "cpu")
+    blur = _gaussian_blur(1.5)
 
     def white(x):
         return torch.from_numpy(np.ascontiguousarray(x[..., :3] * x[..., 3:4] + 1 - x[..., 3:4]))

@@ -7,9 +7,9 @@ views whose loss exceeds 0.8. Our sample is a set of multi-view images (or their
 between them (a splat fit) is an optimisation. What is implemented (docs/completion.md has the
 derivation):
 
-1. Per anchor (input photo) ``i``: ``L_i = w_ssim (1 - SSIM) + w_l1 L1`` (+ ``w_lpips`` LPIPS
-   where its weights exist: they are not shipped, so that term is off) between the splats ``R``
-   fitted in the sampler's loop, rendered at the photo's camera on white, and the photo on white.
+1. Per anchor (input photo) ``i``: ``L_i = w_ssim (1 - SSIM) + w_l1 L1`` between the splats
+   ``R`` fitted in the sampler's loop, rendered at the photo's camera on white, and the photo on
+   white.
    Views with ``L_i > max_loss`` (0.8) are dropped as unreliable (a wrong pose, another object).
 2. The corrected clean prediction is a *proximal* gradient step in the space of the model's
    views, solved through the splats:
@@ -68,8 +68,6 @@ class RVCConfig:
     max_loss: anchors whose loss exceeds this are dropped as unreliable (default 0.8).
     steps: Adam steps of the proximal problem per application (default 100).
     ssim_weight, l1_weight: weights of (1 - SSIM) and L1 in the per-view loss (default 1, 1).
-    lpips_weight: weight of LPIPS, used only where its weights are installed (never here:
-        they are not shipped and never downloaded, so the term is off).
     lr_means: learning rate of the Gaussians' means (x scene scale) in the proximal problem; None
         (default): the fit's initial ``lr_means`` (lower rates and the appearance alone gained
         less at the inputs and lost more held-out: docs/completion.md, "RVC's defaults"). The
@@ -95,7 +93,6 @@ class RVCConfig:
     steps: int = 100
     ssim_weight: float = 1.0
     l1_weight: float = 1.0
-    lpips_weight: float = 1.0
     lr_means: float | None = None
     prox_views: int = 16
     prox_batch: int = 2
@@ -137,11 +134,6 @@ class RVCResult:
                 "losses_after": [round(x, 4) for x in self.losses_after], "kept": list(self.kept)}
 
 
-def lpips_available() -> bool:
-    """LPIPS needs network weights that are not shipped (engine/metrics.py): off."""
-    return False
-
-
 def _on_white(rgba: np.ndarray) -> np.ndarray:
     a = rgba[..., 3:4]
     return (rgba[..., :3] * a + (1.0 - a)).astype(np.float32)
@@ -177,22 +169,12 @@ class _Renderer:
         return r[0, ..., :3].clamp(0, 1)
 
 
-def _gaussian_blur(sigma: float, device):
+def _gaussian_blur(sigma: float):
     """A separable Gaussian blur of std ``sigma`` px (radius 3 sigma, edges replicated) of (H, W, 3)."""
-    import torch
-    import torch.nn.functional as F
+    from ..images import gaussian_blur
 
     r = max(int(np.ceil(3.0 * sigma)), 1)
-    x = torch.arange(-r, r + 1, dtype=torch.float32, device=device)
-    g = torch.exp(-0.5 * (x / sigma) ** 2)
-    g = g / g.sum()
-    gx, gy = g.view(1, 1, 1, -1).repeat(3, 1, 1, 1), g.view(1, 1, -1, 1).repeat(3, 1, 1, 1)
-
-    def blur(img):
-        t = F.pad(img.permute(2, 0, 1)[None], (r, r, r, r), mode="replicate")
-        return F.conv2d(F.conv2d(t, gx, groups=3), gy, groups=3)[0].permute(1, 2, 0)
-
-    return blur
+    return lambda img: gaussian_blur(img.permute(2, 0, 1)[None], sigma, radius=r, padding="replicate")[0].permute(1, 2, 0)
 
 
 def shell_cameras(rig: Sequence[Camera], n: int) -> list[Camera]:
@@ -286,7 +268,7 @@ def compensate(splats: "Splats", anchors: Sequence["Anchor"], rig: Sequence[Came
     order_i: list[int] = []
     order_j: list[int] = []
     lam = float(config.strength)
-    blur = _gaussian_blur(config.detail_sigma, dev)
+    blur = _gaussian_blur(config.detail_sigma)
     for step in range(config.steps):
         check(cancel)
         if not order_i:
