@@ -157,15 +157,13 @@ class _Renderer:
     def __call__(self, params: dict, cam: Camera, sh_degree: int):
         import torch
 
-        from ..splat.rasterize import rasterize
+        from ..splat.rasterize import rasterize_params
 
         vm = torch.tensor(cam.world_to_camera, dtype=torch.float32, device=self.device)[None]
         K = torch.tensor(cam.K, dtype=torch.float32, device=self.device)[None]
         bg = torch.ones(1, 3, device=self.device)
-        colors = torch.cat([params["sh0"], params["shN"]], dim=1)
-        r, _, _ = rasterize(params["means"], params["quats"], torch.exp(params["scales"]),
-                            torch.sigmoid(params["opacities"]), colors, vm, K, cam.width, cam.height,
-                            sh_degree=sh_degree, backgrounds=bg, backend=self.backend)
+        r, _, _ = rasterize_params(params, vm, K, cam.width, cam.height, sh_degree=sh_degree, backgrounds=bg,
+                                   backend=self.backend)
         return r[0, ..., :3].clamp(0, 1)
 
 
