@@ -118,7 +118,7 @@ def check_folder(folder: Path, spec: ModelSpec, *, local: bool) -> Path:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         if local:
             raise InputError(f"model folder {folder} is incomplete for {spec.name}: missing {shown}",
-                             "copy the whole model folder (the layout save_tiny or the hub snapshot has)")
+                             "copy the whole model folder (the model hub snapshot's layout)")
         raise _missing_error(spec, f"missing {shown}")
     return folder
 
