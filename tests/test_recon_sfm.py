@@ -73,7 +73,7 @@ def test_reconstruct_a_photo_folder(photo_folder, tmp_path, capsys):
 
 @pytest.mark.shared_data
 def test_sfm_on_lego_24_photos(tmp_path):
-    """Issue 7's SfM target on real evaluation data (skipped without ../shared/data): 24 lego
+    """The SfM target on real evaluation data (skipped without ../shared/data): 24 lego
     photos without cameras, evenly spaced over the 100; measured 21 registered, 0.37 degrees."""
     import json as _json
 
