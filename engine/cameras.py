@@ -29,6 +29,9 @@ import numpy as np
 
 from .errors import CameraError, PosedSetError
 
+#: Camera projections: pinhole, and parallel projection along the camera's +z.
+PROJECTIONS = ("perspective", "orthographic")
+
 # OpenCV camera axes <-> OpenGL/Blender camera axes (flip y and z).
 _CV_FROM_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 
@@ -83,14 +86,16 @@ def _orthonormalize(m: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class Camera:
-    """A pinhole camera: intrinsics in pixels and a world-to-camera pose (OpenCV axes).
+    """A pinhole or orthographic camera: intrinsics in pixels and a world-to-camera pose (OpenCV axes).
 
-    fx, fy: focal lengths in pixels (> 0).
+    fx, fy: focal lengths in pixels (> 0); for an orthographic camera, pixels per world unit
+        (a camera-space point (x, y, z) lands at (fx x + cx, fy y + cy) whatever its depth z).
     cx, cy: principal point in pixels, continuous coordinates (image centre = (width/2, height/2)).
     width, height: image size in pixels.
     world_to_camera: (4, 4) float64 rigid transform, world -> camera (x right, y down, z forward).
     distortion: OpenCV radial-tangential coefficients, or None for an ideal pinhole.
     name: an identifier (Blender object name, image file stem); informational only.
+    projection: "perspective" (pinhole) or "orthographic" (parallel rays along +z).
     """
 
     fx: float
@@ -102,9 +107,15 @@ class Camera:
     world_to_camera: np.ndarray = field(default_factory=lambda: np.eye(4))
     distortion: Distortion | None = None
     name: str = ""
+    projection: str = "perspective"
 
     def __post_init__(self) -> None:
         label = f"camera '{self.name}'" if self.name else "camera"
+        if self.projection not in PROJECTIONS:
+            raise CameraError(f"{label} has unknown projection {self.projection!r}",
+                              f"use one of {', '.join(PROJECTIONS)}")
+        if self.projection == "orthographic" and self.distortion is not None and not self.distortion.is_zero:
+            raise CameraError(f"{label} is orthographic with lens distortion", "orthographic cameras have no distortion")
         for key in ("fx", "fy", "cx", "cy"):
             value = float(getattr(self, key))
             if not math.isfinite(value):
@@ -181,12 +192,25 @@ class Camera:
         return self.camera_to_world[:3, 3]
 
     @property
+    def is_ortho(self) -> bool:
+        return self.projection == "orthographic"
+
+    @property
+    def ortho_extent(self) -> tuple[float, float]:
+        """(width, height) of the image in world units for an orthographic camera."""
+        return self.width / self.fx, self.height / self.fy
+
+    @property
     def fov_x(self) -> float:
-        """Horizontal field of view in radians (of a centred camera with this fx)."""
+        """Horizontal field of view in radians (of a centred camera with this fx); 0 when orthographic."""
+        if self.is_ortho:
+            return 0.0
         return 2.0 * math.atan(0.5 * self.width / self.fx)
 
     @property
     def fov_y(self) -> float:
+        if self.is_ortho:
+            return 0.0
         return 2.0 * math.atan(0.5 * self.height / self.fy)
 
     # -- operations -----------------------------------------------------------------------
@@ -194,11 +218,14 @@ class Camera:
         """Project world points (N, 3) -> pixel coordinates (N, 2) and depth along +z (N,).
 
         Applies the lens distortion when present. Points behind the camera get depth <= 0 and
-        meaningless pixel coordinates; callers filter them by depth.
+        meaningless pixel coordinates (orthographic: valid coordinates); callers filter them by depth.
         """
         p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
         pc = p @ self.world_to_camera[:3, :3].T + self.world_to_camera[:3, 3]
         z = pc[:, 2]
+        if self.is_ortho:
+            uv = np.stack([self.fx * pc[:, 0] + self.cx, self.fy * pc[:, 1] + self.cy], axis=1)
+            return uv, z
         with np.errstate(divide="ignore", invalid="ignore"):
             xy = pc[:, :2] / z[:, None]
         if self.distortion is not None:
@@ -207,6 +234,19 @@ class Camera:
         uv[:, 0] = self.fx * xy[:, 0] + self.cx
         uv[:, 1] = self.fy * xy[:, 1] + self.cy
         return uv, z
+
+    def unproject(self, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """Pixel coordinates (N, 2) at camera-space depths z (N,) -> world points (N, 3); the inverse
+        of :meth:`project` for a camera without distortion (distortion is ignored)."""
+        uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
+        z = np.asarray(depth, dtype=np.float64).reshape(-1)
+        x = (uv[:, 0] - self.cx) / self.fx
+        y = (uv[:, 1] - self.cy) / self.fy
+        if not self.is_ortho:
+            x, y = x * z, y * z
+        pc = np.stack([x, y, z], axis=1)
+        c2w = self.camera_to_world
+        return pc @ c2w[:3, :3].T + c2w[:3, 3]
 
     def resized(self, width: int, height: int) -> "Camera":
         """The same camera for the image resampled to ``width`` x ``height`` pixels."""
@@ -225,7 +265,8 @@ class Camera:
         c = self.center
         return (
             f"Camera({self.name!r}, {self.width}x{self.height}, fx={self.fx:.2f}, fy={self.fy:.2f}, "
-            f"cx={self.cx:.2f}, cy={self.cy:.2f}, center=({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f}))"
+            f"cx={self.cx:.2f}, cy={self.cy:.2f}, center=({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f})"
+            + (", orthographic)" if self.is_ortho else ")")
         )
 
 

@@ -82,6 +82,17 @@ def orbit_camera(azimuth_deg: float, elevation_deg: float, distance: float, fov_
     return Camera(f, f, size / 2.0, size / 2.0, size, size, look_at(eye, (0.0, 0.0, 0.0)), name=name)
 
 
+def ortho_orbit_camera(azimuth_deg: float, elevation_deg: float, distance: float, half_extent: float, size: int,
+                       name: str = "") -> Camera:
+    """A square orthographic camera placed as :func:`orbit_camera` places its pinhole one; the
+    image spans ``[-half_extent, half_extent]`` world units on both axes around the origin."""
+    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+    eye = distance * np.array([math.sin(az) * math.cos(el), -math.cos(az) * math.cos(el), math.sin(el)])
+    f = 0.5 * size / half_extent
+    return Camera(f, f, size / 2.0, size / 2.0, size, size, look_at(eye, (0.0, 0.0, 0.0)), name=name,
+                  projection="orthographic")
+
+
 # ---------------------------------------------------------------------------------------------
 # Noise schedule
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +185,11 @@ class GeneratorInfo:
         preprocessor crop: 512 for Zero123++ v1.2's VAE branch).
     condition_fill: the fraction of that side the object's longest bounding-box side is
         normalised to, the framing that agrees with the generator's reference camera.
+    projection: the rig cameras' projection, "perspective" or "orthographic"
+        (:data:`viewforge.engine.cameras.PROJECTIONS`).
+    commercial: whether the weights' licence permits commercial use (shown with the licence).
+    gpu_memory_gb: peak GPU memory of one sample at full size in float16 (measured), None if unknown;
+        loading on a GPU with less free memory stops with a clear message before anything loads.
     """
 
     id: str
@@ -188,6 +204,9 @@ class GeneratorInfo:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     condition_size: int = 320
     condition_fill: float = 0.8
+    projection: str = "perspective"
+    commercial: bool = False
+    gpu_memory_gb: float | None = None
 
 
 class MultiViewGenerator(Protocol):
