@@ -64,14 +64,30 @@ def project_gaussians(
     eps2d: float = 0.3,
     near_plane: float = 0.01,
     far_plane: float = 1e10,
+    camera_model: str = "pinhole",
 ) -> Projected:
-    """Perspective EWA projection, identical to gsplat's pinhole ``fully_fused_projection``."""
+    """EWA projection, identical to gsplat's ``fully_fused_projection`` for ``camera_model``
+    "pinhole" (perspective) or "ortho" (orthographic: fx, fy are pixels per world unit, a
+    camera-space point (x, y, z) lands at (fx x + cx, fy y + cy), the Jacobian is constant
+    diag(fx, fy); near/far culling on z and the 3.33-sigma radii are the same for both)."""
+    if camera_model not in ("pinhole", "ortho"):
+        raise ValueError(f"camera_model must be 'pinhole' or 'ortho', got {camera_model!r}")
     r = viewmats[:, :3, :3]  # (C, 3, 3)
     t = viewmats[:, :3, 3]  # (C, 3)
     means_c = torch.einsum("cij,nj->cni", r, means) + t[:, None, :]  # (C, N, 3)
     covars_c = torch.einsum("cij,njk,clk->cnil", r, covars, r)  # (C, N, 3, 3)
 
     tx, ty, tz = means_c.unbind(-1)
+    if camera_model == "ortho":
+        fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # (C, 1)
+        zero = torch.zeros_like(tz)
+        jac = torch.stack([fx.expand_as(tz), zero, zero, zero, fy.expand_as(tz), zero], dim=-1)
+        jac = jac.reshape(tz.shape + (2, 3))  # (C, N, 2, 3)
+        cov2d = jac @ covars_c @ jac.transpose(-1, -2)  # (C, N, 2, 2)
+        means2d = means_c[..., :2] * torch.stack([Ks[:, 0, 0], Ks[:, 1, 1]], -1)[:, None, :] + torch.stack(
+            [Ks[:, 0, 2], Ks[:, 1, 2]], -1
+        )[:, None, :]  # (C, N, 2)
+        return _finish(means2d, cov2d, tz, width, height, eps2d, near_plane, far_plane)
     fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # (C, 1)
     cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
     tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
@@ -86,8 +102,21 @@ def project_gaussians(
     jac = jac.reshape(tz.shape + (2, 3))  # (C, N, 2, 3)
     cov2d = jac @ covars_c @ jac.transpose(-1, -2)  # (C, N, 2, 2)
     means2d = torch.einsum("cij,cnj->cni", Ks[:, :2, :3], means_c) / tz[..., None]  # (C, N, 2)
+    return _finish(means2d, cov2d, tz, width, height, eps2d, near_plane, far_plane)
 
-    cov2d = cov2d + torch.eye(2, dtype=means.dtype, device=means.device) * eps2d
+
+def _finish(
+    means2d: Tensor,  # (C, N, 2)
+    cov2d: Tensor,  # (C, N, 2, 2)
+    tz: Tensor,  # (C, N)
+    width: int,
+    height: int,
+    eps2d: float,
+    near_plane: float,
+    far_plane: float,
+) -> Projected:
+    """eps2d blur, conics, radii and culling shared by both camera models."""
+    cov2d = cov2d + torch.eye(2, dtype=cov2d.dtype, device=cov2d.device) * eps2d
     a, b, c = cov2d[..., 0, 0], 0.5 * (cov2d[..., 0, 1] + cov2d[..., 1, 0]), cov2d[..., 1, 1]
     det = (a * c - cov2d[..., 0, 1] * cov2d[..., 1, 0]).clamp(min=1e-10)
     conics = torch.stack([c / det, -b / det, a / det], dim=-1)  # (C, N, 3)

@@ -23,13 +23,17 @@ alpha clamp 0.999, 1/255 cutoff, stop before transmittance <= 1e-4, the per-tile
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .project import Projected, covariances, project_gaussians, sh_to_color
+
+if TYPE_CHECKING:
+    from ..cameras import Camera
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +71,11 @@ def rasterize(
     render_mode: RenderMode = "RGB",
     tile_size: int = 16,
     backend: Backend = "auto",
+    camera_model: str = "pinhole",
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Render C images of N Gaussians. Returns colours (C, H, W, D'), alphas (C, H, W, 1), meta.
+
+    ``camera_model``: "pinhole" or "ortho" (all C cameras share it; :func:`camera_model_of`).
 
     D' = D (RGB), D + 1 (RGB+ED: expected depth appended) or 1 (ED). Expected depth is the
     alpha-weighted depth divided by alpha, as gsplat's "ED".
@@ -78,10 +85,11 @@ def rasterize(
         return _rasterize_gsplat(
             means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree=sh_degree,
             near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, backgrounds=backgrounds,
-            render_mode=render_mode, tile_size=tile_size,
+            render_mode=render_mode, tile_size=tile_size, camera_model=camera_model,
         )
     covars = covariances(quats, scales)
-    proj = project_gaussians(means, covars, viewmats, Ks, width, height, eps2d, near_plane, far_plane)
+    proj = project_gaussians(means, covars, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
+                             camera_model=camera_model)
     n_cams = viewmats.shape[0]
     if sh_degree is not None:
         campos = torch.linalg.inv(viewmats)[:, :3, 3]  # (C, 3)
@@ -359,9 +367,20 @@ def composite_torch_tiled(proj: Projected, feats: Tensor, opac: Tensor, width: i
     return torch.stack(renders), torch.stack(alphas)
 
 
+def camera_model_of(cameras: Sequence[Camera]) -> str:
+    """The rasterizer's ``camera_model`` of a batch of cameras: "pinhole" or "ortho"."""
+    kinds = {("ortho" if c.is_ortho else "pinhole") for c in cameras}
+    if len(kinds) > 1:
+        raise InputError(
+            "the cameras mix perspective and orthographic projections in one batch",
+            fix="render perspective and orthographic cameras in separate calls",
+        )
+    return kinds.pop() if kinds else "pinhole"
+
+
 def render_median_depth(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmat: Tensor,
                         K: Tensor, width: int, height: int, tile_size: int = 16,
-                        front_sigmas: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                        front_sigmas: float = 0.0, camera_model: str = "pinhole") -> tuple[np.ndarray, np.ndarray]:
     """Median depth (H, W) float32 (inf where the transmittance stays above 0.5) and alpha
     (H, W) of one camera, on the CPU with our kernels whatever the device (surface extraction
     only: no gradients). means (N, 3), quats (N, 4), scales (N, 3) activated, opacities (N,)
@@ -372,11 +391,15 @@ def render_median_depth(means: Tensor, quats: Tensor, scales: Tensor, opacities:
     with torch.no_grad():
         cpu = lambda x: x.detach().to("cpu", torch.float32)  # noqa: E731
         cov = covariances(cpu(quats), cpu(scales))
-        proj = project_gaussians(cpu(means), cov, cpu(viewmat)[None], cpu(K)[None], width, height)
+        proj = project_gaussians(cpu(means), cov, cpu(viewmat)[None], cpu(K)[None], width, height,
+                                 camera_model=camera_model)
         depth = proj.depths[0]
         if front_sigmas:
             vm = cpu(viewmat)
-            ray = cpu(means) - (-vm[:3, :3].T @ vm[:3, 3])  # camera centre -> Gaussian, world
+            if camera_model == "ortho":  # every ray runs along the view axis
+                ray = vm[2, :3].expand_as(cpu(means))
+            else:
+                ray = cpu(means) - (-vm[:3, :3].T @ vm[:3, 3])  # camera centre -> Gaussian, world
             ray = ray / ray.norm(dim=1, keepdim=True).clamp_min(1e-12)
             sd = torch.einsum("ni,nij,nj->n", ray, cov, ray).clamp_min(0).sqrt()
             cos = (ray @ vm[2, :3]).clamp_min(1e-3)  # depth change per unit along the ray
