@@ -330,3 +330,34 @@ def test_orthonormal_pose_projects_onto_a_rotation_and_keeps_the_translation():
     flipped = w2c.copy()
     flipped[:3, 0] *= -1  # a reflection: the nearest rotation, not the reflection itself
     assert np.linalg.det(orthonormal_pose(flipped)[:3, :3]) == pytest.approx(1.0)
+
+
+def test_orthographic_camera_projects_parallel_and_unprojects_back():
+    from viewforge.engine.mvgen.base import ortho_orbit_camera
+
+    cam = ortho_orbit_camera(90.0, 0.0, 1.8, 0.55, 768)  # on +X, looking at the origin
+    assert cam.is_ortho and cam.fov_x == 0.0
+    assert np.allclose(cam.center, [1.8, 0.0, 0.0])
+    assert np.allclose(cam.ortho_extent, (1.1, 1.1))
+    pts = np.array([[0.0, 0.0, 0.0], [0.3, 0.0, 0.55], [-0.7, -0.55, 0.0]])
+    uv, z = cam.project(pts)
+    # Depth does not change the pixel: the three points differ only in x (depth) and y/z.
+    assert np.allclose(uv[0], [384.0, 384.0])
+    assert np.allclose(uv[1], [384.0, 0.0])  # top edge of the image (+Z is up)
+    assert np.allclose(uv[2], [0.0, 384.0])  # -Y is image left seen from +X
+    assert np.allclose(z, [1.8, 1.5, 2.5])
+    assert np.allclose(cam.unproject(uv, z), pts)
+    # Resizing keeps the world extent.
+    assert np.allclose(cam.resized(64, 64).ortho_extent, (1.1, 1.1))
+
+
+def test_perspective_unproject_inverts_project():
+    cam = Camera(500.0, 480.0, 330.0, 250.0, 640, 480, look_at((2.0, -3.0, 1.0), (0.0, 0.0, 0.0)))
+    pts = np.random.default_rng(0).uniform(-0.5, 0.5, (20, 3))
+    uv, z = cam.project(pts)
+    assert np.allclose(cam.unproject(uv, z), pts)
+
+
+def test_unknown_projection_is_refused():
+    with pytest.raises(CameraError, match="unknown projection"):
+        Camera(100.0, 100.0, 50.0, 50.0, 100, 100, projection="fisheye")
